@@ -1,1 +1,48 @@
-//! placeholder
+//! The root filesystem of a baleen image: Debian packages installed by
+//! mmdebstrap (cached by the hash of everything that shapes it), then baleen's
+//! own binaries, units and files written into the staging tree. Every function
+//! takes the root directory as an argument.
+
+pub mod bootstrap;
+pub mod customize;
+pub mod fingerprint;
+pub mod osrelease;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mmdebstrap failed for {release} ({log}): {source}")]
+    Bootstrap {
+        release: String,
+        log: PathBuf,
+        source: subprocess::Error,
+    },
+    #[error(transparent)]
+    Tool(#[from] subprocess::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn write(path: &std::path::Path, data: impl AsRef<[u8]>) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Write {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    std::fs::write(path, data).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })
+}

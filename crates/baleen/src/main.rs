@@ -1,0 +1,97 @@
+//! `baleen`: one binary for the host (build images, configure them, run them
+//! in QEMU, measure) and the device (apply config.json at boot).
+//!
+//! Exit codes: 0 success, 1 the operation failed (the message says why and
+//! how to fix it), 2 the command line was wrong.
+
+mod build;
+mod device;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "baleen",
+    version,
+    about = "balenaOS rebuilt in Rust: build, configure, run and update devices"
+)]
+struct Cli {
+    /// Log more (repeat for debug output).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a disk image (raw, GPT) and its build manifest.
+    Build(build::Args),
+    /// Read or replace config.json inside an image, without mounting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Device-side commands, run by baleen's systemd units.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Replace config.json in IMAGE's boot partition with CONFIG (must be a JSON object).
+    Inject { image: PathBuf, config: PathBuf },
+    /// Print config.json from IMAGE's boot partition.
+    Show { image: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Write sshd's host key, authorized keys and access policy from config.json.
+    SshSetup,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BALEEN_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    if let Err(e) = dispatch(cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Build(args) => build::run(args),
+        Command::Config(ConfigCommand::Inject { image, config }) => {
+            let json = std::fs::read(&config)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.display()))?;
+            diskimage::inject_config(&image, &json)?;
+            eprintln!(
+                "config.json in {} replaced with {}",
+                image.display(),
+                config.display()
+            );
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show { image }) => {
+            let bytes = diskimage::read_config(&image)?;
+            print!("{}", String::from_utf8_lossy(&bytes));
+            Ok(())
+        }
+        Command::Device(DeviceCommand::SshSetup) => device::ssh_setup(),
+    }
+}

@@ -1,0 +1,119 @@
+//! baleen's boot stage: PID 1 of the initramfs inside the unified kernel image
+//! on `resin-boot`. It finds the disk it booted from, reads `bootenv`, counts
+//! boots, does first-boot work (filesystem UUIDs, fsck, growing `resin-data`),
+//! mounts the chosen root read-only and kexecs that root's own kernel.
+//!
+//! The library holds the pure parts (command line, firmware variables, disk
+//! choice) and the initramfs description shared with the image builder.
+
+pub mod cmdline;
+pub mod disks;
+pub mod efi;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the image builder writes [`StageConfig`] inside the initramfs.
+pub const CONFIG_PATH: &str = "/etc/baleen-boot.json";
+
+/// What the image builder tells the boot stage (written into the initramfs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// HOSTOS_VERSION of the image that built this boot stage.
+    pub os_version: String,
+    /// Device type slug.
+    pub device: String,
+    /// Development image: on failure drop to a shell instead of rebooting.
+    pub development: bool,
+    /// Kernel modules to load, in dependency order, as paths inside the initramfs.
+    pub modules: Vec<String>,
+}
+
+/// Paths of the root's kernel and initrd, relative to the root (build-made
+/// relative symlinks to the versioned files).
+pub const ROOT_KERNEL: &str = "boot/vmlinuz";
+pub const ROOT_INITRD: &str = "boot/initrd.img";
+
+/// Why a path inside a root could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("/{0} not found in the root")]
+    NotFound(String),
+    #[error("/{0} leaves the root ({1})")]
+    Escapes(String, String),
+    #[error("/{0} is not a regular file")]
+    NotAFile(String),
+    #[error("/{0}: too many levels of symbolic links")]
+    Loop(String),
+    #[error("resolving /{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// Resolves `rel` inside `root`, refusing paths that leave it (a symlink in the
+/// root is interpreted against the root, not against the initramfs).
+pub fn resolve_in_root(root: &Path, rel: &str) -> Result<PathBuf, ResolveError> {
+    let mut path = root.join(rel);
+    for _ in 0..16 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target =
+                    std::fs::read_link(&path).map_err(|e| ResolveError::Io(rel.into(), e))?;
+                path = if target.is_absolute() {
+                    root.join(target.strip_prefix("/").unwrap_or(&target))
+                } else {
+                    path.parent().unwrap_or(root).join(target)
+                };
+            }
+            Ok(m) if m.is_file() => {
+                let canonical =
+                    std::fs::canonicalize(&path).map_err(|e| ResolveError::Io(rel.into(), e))?;
+                if !canonical.starts_with(root) {
+                    return Err(ResolveError::Escapes(
+                        rel.into(),
+                        canonical.display().to_string(),
+                    ));
+                }
+                return Ok(canonical);
+            }
+            Ok(_) => return Err(ResolveError::NotAFile(rel.into())),
+            Err(_) => return Err(ResolveError::NotFound(rel.into())),
+        }
+    }
+    Err(ResolveError::Loop(rel.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_relative_and_absolute_links_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("boot")).unwrap();
+        std::fs::write(r.join("boot/vmlinuz-6.1"), b"k").unwrap();
+        std::os::unix::fs::symlink("vmlinuz-6.1", r.join("boot/vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("/boot/vmlinuz-6.1", r.join("boot/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/passwd", r.join("boot/escape")).unwrap();
+        let canon = std::fs::canonicalize(r).unwrap();
+        assert_eq!(
+            resolve_in_root(&canon, "boot/vmlinuz").unwrap(),
+            canon.join("boot/vmlinuz-6.1")
+        );
+        assert_eq!(
+            resolve_in_root(&canon, "boot/abs").unwrap(),
+            canon.join("boot/vmlinuz-6.1")
+        );
+        assert_eq!(
+            resolve_in_root(&canon, "boot/initrd.img")
+                .unwrap_err()
+                .to_string(),
+            "/boot/initrd.img not found in the root"
+        );
+        assert!(matches!(
+            resolve_in_root(&canon, "boot/escape").unwrap_err(),
+            ResolveError::Escapes(..)
+        ));
+    }
+}

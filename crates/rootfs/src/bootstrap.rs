@@ -1,0 +1,206 @@
+//! Debian packages → a root filesystem tarball with mmdebstrap, cached by the
+//! hash of the recipe: a warm build skips the download and install entirely.
+
+use crate::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use subprocess::Cmd;
+
+/// Bumped whenever the way a recipe becomes a tarball changes.
+const RECIPE_FORMAT: u32 = 1;
+
+/// Documentation, manuals and translations are left out of device images.
+pub const PATH_EXCLUDES: [&str; 5] = [
+    "/usr/share/man/*",
+    "/usr/share/doc/*",
+    "/usr/share/locale/*",
+    "/usr/share/info/*",
+    "/usr/share/lintian/*",
+];
+
+/// Everything that shapes the package set of a root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    pub release: String,
+    pub arch: String,
+    pub mirror: String,
+    /// Debian package names, sorted and unique (see [`Recipe::new`]).
+    pub packages: Vec<String>,
+}
+
+impl Recipe {
+    pub fn new(
+        release: &str,
+        arch: &str,
+        mirror: &str,
+        packages: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut packages: Vec<String> = packages.into_iter().collect();
+        packages.sort();
+        packages.dedup();
+        Recipe {
+            release: release.into(),
+            arch: arch.into(),
+            mirror: mirror.trim_end_matches('/').into(),
+            packages,
+        }
+    }
+
+    /// Hex sha256 of the canonical recipe text: the cache key.
+    pub fn cache_key(&self) -> String {
+        let text = format!(
+            "format={RECIPE_FORMAT}\nrelease={}\narch={}\nmirror={}\npackages={}\nexcludes={}\n",
+            self.release,
+            self.arch,
+            self.mirror,
+            self.packages.join(","),
+            PATH_EXCLUDES.join(",")
+        );
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    /// The apt sources: the release, its updates and its security suite.
+    pub fn sources(&self) -> Vec<String> {
+        let security = self.mirror.replace("/debian", "/debian-security");
+        vec![
+            format!("deb {} {} main", self.mirror, self.release),
+            format!("deb {} {}-updates main", self.mirror, self.release),
+            format!("deb {} {}-security main", security, self.release),
+        ]
+    }
+
+    /// mmdebstrap's argument list for writing the tarball `out`.
+    pub fn mmdebstrap_args(&self, out: &Path) -> Vec<String> {
+        let mut args = vec![
+            "--variant=apt".to_string(),
+            "--mode=root".to_string(),
+            "--format=tar".to_string(),
+            format!("--architectures={}", self.arch),
+            format!("--include={}", self.packages.join(",")),
+        ];
+        for pattern in PATH_EXCLUDES {
+            args.push(format!("--dpkgopt=path-exclude={pattern}"));
+        }
+        args.push("--dpkgopt=path-include=/usr/share/doc/*/copyright".into());
+        args.push(self.release.clone());
+        args.push(out.display().to_string());
+        args.extend(self.sources());
+        args
+    }
+}
+
+/// Whether the tarball came from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    Hit,
+    Miss,
+}
+
+/// Returns the cached tarball for `recipe`, running mmdebstrap on a miss.
+/// The tarball appears under its final name only once complete.
+pub fn tarball(recipe: &Recipe, cache_dir: &Path) -> Result<(PathBuf, Cache)> {
+    let key = recipe.cache_key();
+    let out = cache_dir.join(format!(
+        "rootfs-{}-{}-{}.tar",
+        recipe.release,
+        recipe.arch,
+        &key[..16]
+    ));
+    if out.exists() {
+        return Ok((out, Cache::Hit));
+    }
+    std::fs::create_dir_all(cache_dir).map_err(|source| Error::Write {
+        path: cache_dir.to_owned(),
+        source,
+    })?;
+    let partial = out.with_extension("tar.partial");
+    let log = out.with_extension("log");
+    let result = Cmd::new("mmdebstrap")
+        .package("mmdebstrap")
+        .args(recipe.mmdebstrap_args(&partial))
+        .timeout(Duration::from_secs(3600))
+        .run();
+    match result {
+        Ok(run) => {
+            let _ = std::fs::write(&log, format!("{}{}", run.stdout, run.stderr));
+            std::fs::rename(&partial, &out).map_err(|source| Error::Write {
+                path: out.clone(),
+                source,
+            })?;
+            Ok((out, Cache::Miss))
+        }
+        Err(source) => {
+            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::write(&log, source.to_string());
+            Err(Error::Bootstrap {
+                release: recipe.release.clone(),
+                log,
+                source,
+            })
+        }
+    }
+}
+
+/// Unpacks a tarball into an empty staging directory, keeping owners and modes.
+pub fn unpack(tarball: &Path, staging: &Path) -> Result<()> {
+    std::fs::create_dir_all(staging).map_err(|source| Error::Write {
+        path: staging.to_owned(),
+        source,
+    })?;
+    Cmd::new("tar")
+        .package("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(tarball)
+        .arg("-C")
+        .arg(staging)
+        .run()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(packages: &[&str]) -> Recipe {
+        Recipe::new(
+            "bookworm",
+            "amd64",
+            "http://deb.debian.org/debian/",
+            packages.iter().map(|s| s.to_string()),
+        )
+    }
+
+    #[test]
+    fn cache_key_ignores_package_order_and_duplicates() {
+        assert_eq!(
+            recipe(&["b", "a", "a"]).cache_key(),
+            recipe(&["a", "b"]).cache_key()
+        );
+        assert_ne!(recipe(&["a"]).cache_key(), recipe(&["a", "c"]).cache_key());
+        let mut trixie = recipe(&["a"]);
+        trixie.release = "trixie".into();
+        assert_ne!(trixie.cache_key(), recipe(&["a"]).cache_key());
+    }
+
+    #[test]
+    fn sources_cover_updates_and_security() {
+        assert_eq!(
+            recipe(&[]).sources(),
+            vec![
+                "deb http://deb.debian.org/debian bookworm main",
+                "deb http://deb.debian.org/debian bookworm-updates main",
+                "deb http://deb.debian.org/debian-security bookworm-security main",
+            ]
+        );
+    }
+
+    #[test]
+    fn mmdebstrap_args_name_packages_and_output() {
+        let args = recipe(&["systemd", "openssh-server"]).mmdebstrap_args(Path::new("/c/x.tar"));
+        assert!(args.contains(&"--include=openssh-server,systemd".to_string()));
+        assert!(args.contains(&"--dpkgopt=path-exclude=/usr/share/man/*".to_string()));
+        let at = args.iter().position(|a| a == "bookworm").unwrap();
+        assert_eq!(args[at + 1], "/c/x.tar");
+    }
+}

@@ -1,0 +1,106 @@
+//! `balenaos.fingerprint`: an md5 manifest of every regular file, in the
+//! format `md5sum -c` checks (`<md5>  <path>`), sorted by path.
+
+use crate::{Error, Result};
+use md5::{Digest, Md5};
+use std::io::Read;
+use std::path::Path;
+
+/// Files never fingerprinted in a root: they differ per device by design.
+pub const ROOT_EXCLUDES: [&str; 4] = [
+    "etc/hostname",
+    "etc/machine-id",
+    ".rnd",
+    "balenaos.fingerprint",
+];
+
+/// Fingerprint lines for the regular files under `dir`, with paths written as
+/// `prefix` + relative path (`/` for a root, `` for the boot partition),
+/// leaving out the relative paths in `exclude`.
+pub fn manifest(dir: &Path, prefix: &str, exclude: &[&str]) -> Result<String> {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.retain(|rel| !exclude.contains(&rel.as_str()));
+    files.sort();
+    let mut out = String::new();
+    for rel in files {
+        let path = dir.join(&rel);
+        out.push_str(&format!("{}  {prefix}{rel}\n", md5_file(&path)?));
+    }
+    Ok(out)
+}
+
+fn collect(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let kind = entry.file_type().map_err(|source| Error::Read {
+            path: entry.path(),
+            source,
+        })?;
+        if kind.is_dir() {
+            collect(base, &entry.path(), out)?;
+        } else if kind.is_file() {
+            let rel = entry
+                .path()
+                .strip_prefix(base)
+                .expect("walk stays under base")
+                .to_string_lossy()
+                .into_owned();
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+fn md5_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes `/balenaos.fingerprint` into a root.
+pub fn write_root(root: &Path) -> Result<()> {
+    let text = manifest(root, "/", &ROOT_EXCLUDES)?;
+    crate::write(&root.join("balenaos.fingerprint"), text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_is_md5sum_format_sorted_and_excludes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(d.join("etc/b"), b"hello\n").unwrap();
+        std::fs::write(d.join("a"), b"").unwrap();
+        std::fs::write(d.join("etc/machine-id"), b"x").unwrap();
+        std::os::unix::fs::symlink("a", d.join("link")).unwrap();
+        assert_eq!(
+            manifest(d, "/", &ROOT_EXCLUDES).unwrap(),
+            "d41d8cd98f00b204e9800998ecf8427e  /a\nb1946ac92492d2347c6235b4d2611184  /etc/b\n"
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The VM's serial console, QMP session and power: what a test does from the outside.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::Vm;
+use crate::error::{Error, Result};
+use crate::qmp::Qmp;
+use crate::scaled;
+use crate::serial::{Pattern, SerialLine, SerialMark, WaitOutcome};
+
+impl Vm {
+    /// Waits for a serial line of the current QEMU run matching `pattern` (a `&str` substring or
+    /// a `regex::Regex`). The unfinished last line counts too, so prompts match.
+    pub fn wait_for_serial(
+        &mut self,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<SerialLine> {
+        let mark = self.serial.run_mark();
+        self.wait_for_serial_after(mark, pattern, timeout)
+    }
+
+    /// Like [`Vm::wait_for_serial`], only considering lines after `mark`.
+    pub fn wait_for_serial_after(
+        &mut self,
+        mark: SerialMark,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<SerialLine> {
+        let pattern = pattern.into();
+        let timeout = scaled(timeout);
+        match self.serial.wait_for(mark, &pattern, timeout) {
+            WaitOutcome::Found(line) => Ok(line),
+            WaitOutcome::TimedOut => Err(self.timeout(format!("serial output {pattern}"), timeout)),
+            WaitOutcome::Closed => {
+                // Stdout closes just before the exit can be reaped; give it a moment.
+                let doing = format!("waiting for serial output {pattern}");
+                for _ in 0..50 {
+                    self.check_alive(&doing)?;
+                    thread::sleep(Duration::from_millis(100));
+                }
+                // stdout closed but the process lives: report like a timeout.
+                Err(self.timeout(format!("serial output {pattern} (serial closed)"), timeout))
+            }
+        }
+    }
+
+    /// The current end of the serial log, for [`Vm::wait_for_serial_after`].
+    pub fn serial_mark(&self) -> SerialMark {
+        self.serial.mark()
+    }
+
+    /// All complete serial lines so far, across QEMU runs.
+    pub fn serial_lines(&self) -> Vec<SerialLine> {
+        self.serial.lines()
+    }
+
+    /// True if any serial line so far matches.
+    pub fn serial_contains(&self, pattern: impl Into<Pattern>) -> bool {
+        self.serial.contains(&pattern.into())
+    }
+
+    // ---- QMP ----
+
+    /// The QMP session of the running QEMU.
+    pub fn qmp(&mut self) -> Result<&mut Qmp> {
+        self.check_alive("using QMP")?;
+        self.qmp
+            .as_mut()
+            .ok_or_else(|| Error::QmpProtocol("no QMP session".into()))
+    }
+
+    /// Runs a QMP command.
+    pub fn qmp_execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        self.qmp()?.execute(command, arguments)
+    }
+
+    /// `query-status` (`running`, `paused`, `prelaunch`, …).
+    pub fn status(&mut self) -> Result<String> {
+        self.qmp()?.query_status()
+    }
+
+    /// Hard reset (the reset button): the guest reboots without shutting down.
+    pub fn reset(&mut self) -> Result<()> {
+        self.qmp_execute("system_reset", None).map(drop)
+    }
+
+    /// ACPI power button: asks the guest to shut down.
+    pub fn system_powerdown(&mut self) -> Result<()> {
+        self.qmp_execute("system_powerdown", None).map(drop)
+    }
+
+    /// Saves the display as PNG at `path`; if this QEMU cannot write PNG, as PPM next to it
+    /// (extension `.ppm`). Returns the file written.
+    pub fn screendump(&mut self, path: &Path) -> Result<PathBuf> {
+        let abs = std::path::absolute(path).map_err(|e| Error::io_path("resolving", path, e))?;
+        let png = self.qmp_execute(
+            "screendump",
+            Some(json!({ "filename": abs.to_string_lossy(), "format": "png" })),
+        );
+        match png {
+            Ok(_) => Ok(abs),
+            Err(Error::Qmp { .. }) => {
+                let ppm = abs.with_extension("ppm");
+                self.qmp_execute(
+                    "screendump",
+                    Some(json!({ "filename": ppm.to_string_lossy() })),
+                )?;
+                Ok(ppm)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- power ----
+
+    /// Pulls the plug: kills QEMU at once (SIGKILL, nothing flushed beyond what the guest had
+    /// flushed). The disks stay; [`Vm::restart`] boots them again.
+    pub fn power_cut(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            tracing::info!(vm = %self.config.name, pid = c.id(), "power cut");
+            if matches!(c.try_wait(), Ok(None)) {
+                c.kill()
+                    .map_err(|e| Error::io(format!("killing QEMU (pid {})", c.id()), e))?;
+            }
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// Starts QEMU again on the same disks and NVRAM after a power cut or shutdown.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            return Err(Error::Config(
+                "QEMU is still running: call power_cut() or shutdown() before restart()".into(),
+            ));
+        }
+        self.run += 1;
+        self.launch()
+    }
+
+    /// [`Vm::power_cut`] then [`Vm::restart`].
+    pub fn power_cycle(&mut self) -> Result<()> {
+        self.power_cut()?;
+        self.restart()
+    }
+
+    /// Graceful stop: ACPI power button, wait up to `timeout` for QEMU to exit, else kill it.
+    /// Returns true if the guest powered off by itself.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<bool> {
+        if !self.is_running() {
+            return Ok(true);
+        }
+        let timeout = scaled(timeout);
+        if let Err(e) = self.system_powerdown() {
+            tracing::warn!(vm = %self.config.name, error = %e, "system_powerdown failed");
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return Ok(true);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        tracing::warn!(vm = %self.config.name, "guest did not power off in {timeout:?}; killing QEMU");
+        self.power_cut()?;
+        Ok(false)
+    }
+
+    /// Shuts down (up to 120 s, then kill) and releases the VM; on the happy path prefer this
+    /// over dropping.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown(Duration::from_secs(120)).map(drop)
+    }
+}

@@ -1,0 +1,116 @@
+//! Talking to the guest over SSH: waits, commands, copies, reboots.
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{DEFAULT_COMMAND_TIMEOUT, Vm};
+use crate::cmd::Output;
+use crate::error::Result;
+use crate::scaled;
+
+impl Vm {
+    /// Waits until SSH answers; returns the time since the current QEMU start.
+    pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<Duration> {
+        let timeout = scaled(timeout);
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive(&format!("waiting for SSH on {}", self.ssh.target()))?;
+            let connect = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let err = match self.ssh.probe(connect) {
+                Ok(()) => {
+                    let up = self.started_at.elapsed();
+                    tracing::info!(vm = %self.config.name, ?up, "SSH is up");
+                    return Ok(up);
+                }
+                Err(e) => e,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.timeout(
+                    format!("SSH on {} (last attempt: {err})", self.ssh.target()),
+                    timeout,
+                ));
+            }
+            thread::sleep(Duration::from_secs(2).min(deadline - now));
+        }
+    }
+
+    /// Runs a shell command on the guest (limit [`DEFAULT_COMMAND_TIMEOUT`]).
+    pub fn run(&self, command: &str) -> Result<Output> {
+        self.ssh.run(command, scaled(DEFAULT_COMMAND_TIMEOUT))
+    }
+
+    /// Runs a shell command on the guest with its own time limit.
+    pub fn run_timeout(&self, command: &str, timeout: Duration) -> Result<Output> {
+        self.ssh.run(command, scaled(timeout))
+    }
+
+    /// Runs a shell command and returns stdout; a non-zero exit is an error carrying stderr.
+    pub fn run_ok(&self, command: &str) -> Result<String> {
+        self.ssh.run_ok(command, scaled(DEFAULT_COMMAND_TIMEOUT))
+    }
+
+    /// Copies a local file to the guest.
+    pub fn copy_to(&self, local: &Path, remote: &str) -> Result<()> {
+        self.ssh
+            .copy_to(local, remote, scaled(DEFAULT_COMMAND_TIMEOUT))
+    }
+
+    /// Writes `contents` to a file on the guest.
+    pub fn write_file(&self, remote: &str, contents: &[u8]) -> Result<()> {
+        self.ssh
+            .write(remote, contents, scaled(DEFAULT_COMMAND_TIMEOUT))
+    }
+
+    /// Copies a file from the guest.
+    pub fn copy_from(&self, remote: &str, local: &Path) -> Result<()> {
+        self.ssh
+            .copy_from(remote, local, scaled(DEFAULT_COMMAND_TIMEOUT))
+    }
+
+    /// The guest kernel's boot ID (changes on every boot).
+    pub fn boot_id(&self) -> Result<String> {
+        self.run_ok("cat /proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// Reboots the guest over SSH and waits until SSH answers from a new boot (checked by boot
+    /// ID). Returns the time from the reboot command to SSH answering again.
+    pub fn reboot_wait(&mut self, timeout: Duration) -> Result<Duration> {
+        let before = self.boot_id()?;
+        let t0 = Instant::now();
+        // The connection may drop before `reboot` returns; its outcome says nothing.
+        let _ = self.ssh.run("reboot", Duration::from_secs(60));
+        let timeout = scaled(timeout);
+        let deadline = t0 + timeout;
+        loop {
+            self.check_alive("waiting for the guest to reboot")?;
+            let last = match self.ssh.run_ok(
+                "cat /proc/sys/kernel/random/boot_id",
+                Duration::from_secs(60),
+            ) {
+                Ok(id) if id.trim() != before => {
+                    let took = t0.elapsed();
+                    tracing::info!(vm = %self.config.name, ?took, "rebooted");
+                    return Ok(took);
+                }
+                Ok(_) => "SSH still answers from the old boot".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.timeout(
+                    format!(
+                        "SSH on {} after reboot (boot_id was {before}; last attempt: {last})",
+                        self.ssh.target()
+                    ),
+                    timeout,
+                ));
+            }
+            thread::sleep(Duration::from_secs(2).min(deadline - now));
+        }
+    }
+}
