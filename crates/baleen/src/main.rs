@@ -4,8 +4,10 @@
 //! Exit codes: 0 success, 1 the operation failed (the message says why and
 //! how to fix it), 2 the command line was wrong.
 
+mod bench;
 mod build;
 mod device;
+mod run;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,11 @@ enum Command {
     /// Read or replace config.json inside an image, without mounting anything.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Boot an image in QEMU (UEFI, software emulation), serial console on the terminal.
+    Run(run::Args),
+    /// Measure builds and boots; prints the figures.
+    #[command(subcommand)]
+    Bench(bench::Command),
     /// Device-side commands, run by baleen's systemd units.
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -92,6 +99,8 @@ fn dispatch(command: Command) -> Result<()> {
             print!("{}", String::from_utf8_lossy(&bytes));
             Ok(())
         }
+        Command::Run(args) => run::run(args),
+        Command::Bench(command) => bench::run(command),
         Command::Device(DeviceCommand::SshSetup) => device::ssh_setup(),
     }
 }

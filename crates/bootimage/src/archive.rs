@@ -144,17 +144,19 @@ pub fn assemble(spec: &Spec) -> Result<Initramfs> {
         0o644,
     );
 
-    let (version, module_paths) = modules::resolve(spec.root, spec.modules)?;
-    let mut loaded = Vec::new();
-    for rel in &module_paths {
-        let source = spec.root.join("usr/lib/modules").join(&version).join(rel);
-        let target = modules::initramfs_path(&version, rel);
-        fs.add_file(
-            &target.to_string_lossy(),
-            modules::read_uncompressed(&source)?,
-            0o644,
-        );
-        loaded.push(target.to_string_lossy().into_owned());
+    let (version, waves) = modules::resolve(spec.root, spec.modules)?;
+    let mut module_waves = Vec::new();
+    for wave in &waves {
+        let mut targets = Vec::new();
+        for rel in wave {
+            let source = spec.root.join("usr/lib/modules").join(&version).join(rel);
+            let target = modules::initramfs_path(&version, rel)
+                .to_string_lossy()
+                .into_owned();
+            fs.add_file(&target, modules::read_uncompressed(&source)?, 0o644);
+            targets.push(target);
+        }
+        module_waves.push(targets);
     }
 
     let mut programs: Vec<&str> = TOOLS.to_vec();
@@ -176,7 +178,7 @@ pub fn assemble(spec: &Spec) -> Result<Initramfs> {
         os_version: spec.os_version.clone(),
         device: spec.device.clone(),
         development: spec.development,
-        modules: loaded,
+        module_waves,
     };
     let json = serde_json::to_vec_pretty(&config).expect("stage config serializes");
     fs.add_file(bootstage::CONFIG_PATH, json, 0o644);

@@ -104,6 +104,35 @@ impl ModulesDep {
     }
 }
 
+impl ModulesDep {
+    /// Groups an ordered closure into waves: every module's dependencies sit
+    /// in earlier waves, so the modules of one wave can load concurrently.
+    pub fn waves(&self, ordered: &[String]) -> Vec<Vec<String>> {
+        let deps: HashMap<&str, &Vec<String>> = self
+            .entries
+            .values()
+            .map(|(p, d)| (p.as_str(), d))
+            .collect();
+        let mut depth: HashMap<&str, usize> = HashMap::new();
+        let mut waves: Vec<Vec<String>> = Vec::new();
+        for path in ordered {
+            let d = deps.get(path.as_str()).map_or(0, |ds| {
+                ds.iter()
+                    .filter_map(|dep| depth.get(dep.as_str()))
+                    .map(|d| d + 1)
+                    .max()
+                    .unwrap_or(0)
+            });
+            depth.insert(path, d);
+            if waves.len() <= d {
+                waves.resize_with(d + 1, Vec::new);
+            }
+            waves[d].push(path.clone());
+        }
+        waves
+    }
+}
+
 /// Names of the modules built into the kernel (`modules.builtin`).
 pub fn builtin(text: &str) -> HashSet<String> {
     text.lines()
@@ -113,8 +142,8 @@ pub fn builtin(text: &str) -> HashSet<String> {
 }
 
 /// Resolves module names for the kernel in `root`; returns (kernel version,
-/// module paths relative to `/usr/lib/modules/<version>`).
-pub fn resolve(root: &Path, names: &[String]) -> Result<(String, Vec<String>)> {
+/// waves of module paths relative to `/usr/lib/modules/<version>`).
+pub fn resolve(root: &Path, names: &[String]) -> Result<(String, Vec<Vec<String>>)> {
     let version = kernel_version(root)?;
     let dir = root.join("usr/lib/modules").join(&version);
     let dep_path = dir.join("modules.dep");
@@ -124,14 +153,15 @@ pub fn resolve(root: &Path, names: &[String]) -> Result<(String, Vec<String>)> {
     })?;
     let builtin =
         builtin(&std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default());
-    let paths = ModulesDep::parse(&dep)
+    let dep = ModulesDep::parse(&dep);
+    let paths = dep
         .closure(names, &builtin)
         .map_err(|name| Error::UnknownModule {
             name,
             modules_dep: dep_path,
             kernel: version.clone(),
         })?;
-    Ok((version, paths))
+    Ok((version, dep.waves(&paths)))
 }
 
 /// A module file's contents, uncompressed (the boot stage loads plain `.ko`).
@@ -223,6 +253,30 @@ kernel/fs/nls/nls-cp437.ko:
                 "kernel/fs/jbd2/jbd2.ko",
                 "kernel/fs/ext4/ext4.ko",
                 "kernel/fs/nls/nls-cp437.ko",
+            ]
+        );
+    }
+
+    #[test]
+    fn waves_put_dependencies_first() {
+        let dep = ModulesDep::parse(DEP);
+        let order = dep
+            .closure(
+                &["virtio_blk".to_string(), "ext4".to_string()],
+                &HashSet::new(),
+            )
+            .unwrap();
+        assert_eq!(
+            dep.waves(&order),
+            vec![
+                vec![
+                    "kernel/drivers/virtio/virtio_ring.ko",
+                    "kernel/lib/crc16.ko",
+                    "kernel/fs/mbcache.ko",
+                    "kernel/fs/jbd2/jbd2.ko"
+                ],
+                vec!["kernel/drivers/virtio/virtio.ko", "kernel/fs/ext4/ext4.ko"],
+                vec!["kernel/drivers/block/virtio_blk.ko.xz"],
             ]
         );
     }

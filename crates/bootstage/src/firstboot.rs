@@ -69,29 +69,49 @@ fn balena_ext4_uuid() -> String {
     format!("{EXT4_UUID_PREFIX}{}", &random[8..])
 }
 
-/// Checks every filesystem of the boot disk the way `fsck -p` would; problems
-/// are logged and left to the mount that follows to refuse.
+/// Checks every filesystem of the boot disk the way `fsck -p` would, all at
+/// once (they are independent); problems are logged and left to the mount
+/// that follows to refuse.
 pub fn check_filesystems(log: &Log, disk: &Disk) {
+    let mut checks: Vec<(&str, Cmd)> = Vec::new();
     if let Some(boot) = disk.partition(BOOT_LABEL) {
-        let run = Cmd::new("/sbin/fsck.fat")
-            .args(["-a", "-w"])
-            .arg(&boot.dev)
-            .ok_codes(&[0, 1])
-            .run();
-        report(log, BOOT_LABEL, run);
+        checks.push((
+            BOOT_LABEL,
+            Cmd::new("/sbin/fsck.fat")
+                .args(["-a", "-w"])
+                .arg(&boot.dev)
+                .ok_codes(&[0, 1]),
+        ));
     }
     for label in EXT4_LABELS {
         let Some(part) = disk.partition(label) else {
             continue;
         };
         // 1: errors corrected, 2: corrected, reboot advised (only matters for a mounted root).
-        let run = Cmd::new("/sbin/e2fsck")
-            .arg("-p")
-            .arg(&part.dev)
-            .ok_codes(&[0, 1, 2])
-            .timeout(Duration::from_secs(900))
-            .run();
-        report(log, label, run);
+        checks.push((
+            label,
+            Cmd::new("/sbin/e2fsck")
+                .arg("-p")
+                .arg(&part.dev)
+                .ok_codes(&[0, 1, 2])
+                .timeout(Duration::from_secs(900)),
+        ));
+    }
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = checks
+            .iter()
+            .map(|(label, cmd)| (*label, scope.spawn(move || cmd.run())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(label, h)| (label, h.join()))
+            .collect()
+    });
+    for (label, result) in results {
+        match result {
+            Ok(run) => report(log, label, run),
+            Err(_) => log.info(format!("{label}: filesystem check thread panicked")),
+        }
     }
 }
 

@@ -26,8 +26,10 @@ pub struct StageConfig {
     pub device: String,
     /// Development image: on failure drop to a shell instead of rebooting.
     pub development: bool,
-    /// Kernel modules to load, in dependency order, as paths inside the initramfs.
-    pub modules: Vec<String>,
+    /// Kernel modules to load, as paths inside the initramfs, in waves: a
+    /// module's dependencies are all in earlier waves, so each wave loads
+    /// concurrently.
+    pub module_waves: Vec<Vec<String>>,
 }
 
 /// Paths of the root's kernel and initrd, relative to the root (build-made

@@ -44,7 +44,7 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     let own_cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let params = cmdline::parse(&own_cmdline);
 
-    load_modules(log, &config.modules);
+    load_modules(log, &config.module_waves);
     mount_efivars();
     let disk = wait_for_boot_disk(log, Duration::from_secs(params.root_timeout_secs))?;
 
@@ -98,15 +98,38 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     }
 }
 
-fn load_modules(log: &Log, modules: &[String]) {
+fn load_modules(log: &Log, waves: &[Vec<String>]) {
     let started = Instant::now();
     let mut loaded = 0;
-    for path in modules {
-        let result = File::open(path).and_then(|f| sys::finit_module(&f));
-        match result {
-            Ok(()) => loaded += 1,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => log.info(format!("loading module {path}: {e}")),
+    for wave in waves {
+        let results: Vec<(&String, std::io::Result<()>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|path| {
+                    (
+                        path,
+                        scope.spawn(move || File::open(path).and_then(|f| sys::finit_module(&f))),
+                    )
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(p, h)| {
+                    (
+                        p,
+                        h.join().unwrap_or_else(|_| {
+                            Err(std::io::Error::other("loader thread panicked"))
+                        }),
+                    )
+                })
+                .collect()
+        });
+        for (path, result) in results {
+            match result {
+                Ok(()) => loaded += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => log.info(format!("loading module {path}: {e}")),
+            }
         }
     }
     log.info(format!(

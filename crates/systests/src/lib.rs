@@ -1,1 +1,176 @@
 //! Shared fixtures for the image and VM suites.
+//!
+//! Both suites test what `scripts/test.sh` builds, found through two
+//! environment variables it exports:
+//!
+//! * `BALEEN_BIN`: the static `baleen` binary (`scripts/build.sh`), with
+//!   `baleen-boot` beside it;
+//! * `BALEEN_TEST_IMAGES`: a directory holding one build output per variant,
+//!   `dev/` and `prod/`, each with `qemux86-64.img` and
+//!   `qemux86-64.manifest.json`.
+//!
+//! Without them every fixture panics with a message saying how to get them:
+//! these suites never pass by testing nothing.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The device type the test images are built for.
+pub const DEVICE: &str = "qemux86-64";
+
+/// The image variants `scripts/test.sh` builds: `tests/build-dev.toml` and
+/// `tests/build-prod.toml`.
+pub const VARIANTS: [&str; 2] = ["dev", "prod"];
+
+const HOW_TO_RUN: &str = "the image and VM suites test the binaries and images that \
+     scripts/test.sh builds: run scripts/test.sh as root, or build them the way it does and \
+     export BALEEN_BIN and BALEEN_TEST_IMAGES";
+
+fn env_path(name: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(value) if !value.is_empty() => PathBuf::from(value),
+        _ => panic!("{name} is not set: {HOW_TO_RUN}"),
+    }
+}
+
+/// The `baleen` binary under test (`$BALEEN_BIN`).
+pub fn baleen_bin() -> PathBuf {
+    let bin = env_path("BALEEN_BIN");
+    assert!(
+        bin.is_file(),
+        "BALEEN_BIN={} is not a file: {HOW_TO_RUN}",
+        bin.display()
+    );
+    bin
+}
+
+/// The build output directory of `variant` (`dev` or `prod`).
+pub fn variant_dir(variant: &str) -> PathBuf {
+    assert!(
+        VARIANTS.contains(&variant),
+        "unknown image variant {variant:?}: the test images are {VARIANTS:?}"
+    );
+    env_path("BALEEN_TEST_IMAGES").join(variant)
+}
+
+/// The test image of `variant`: `$BALEEN_TEST_IMAGES/<variant>/qemux86-64.img`.
+///
+/// Shared by every test: read it, or boot it through an overlay, but change
+/// only a [`copy_image`].
+pub fn test_image(variant: &str) -> PathBuf {
+    let image = variant_dir(variant).join(format!("{DEVICE}.img"));
+    assert!(
+        image.is_file(),
+        "test image {} not found: {HOW_TO_RUN}",
+        image.display()
+    );
+    image
+}
+
+/// Path of the build manifest written beside the test image of `variant`.
+pub fn manifest_path(variant: &str) -> PathBuf {
+    variant_dir(variant).join(format!("{DEVICE}.manifest.json"))
+}
+
+/// The build manifest of `variant`'s test image, parsed.
+pub fn manifest(variant: &str) -> serde_json::Value {
+    let path = manifest_path(variant);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading build manifest {}: {e}: {HOW_TO_RUN}",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("build manifest {} is not JSON: {e}", path.display()))
+}
+
+/// Copies `src` into `dst_dir` (created if needed) under the same file name,
+/// keeping it sparse (`cp --sparse=always`): a multi-GiB image copies in a
+/// fraction of a second and takes only its data's room.
+pub fn copy_image(src: &Path, dst_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dst_dir)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", dst_dir.display()));
+    let name = src
+        .file_name()
+        .unwrap_or_else(|| panic!("image path {} has no file name", src.display()));
+    let dst = dst_dir.join(name);
+    let out = run(Command::new("cp").arg("--sparse=always").arg(src).arg(&dst));
+    assert!(
+        out.success(),
+        "cp --sparse=always {} {}: {out}",
+        src.display(),
+        dst.display()
+    );
+    dst
+}
+
+/// The workspace's root directory (device type files, build files, scripts).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/systests sits two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// What a finished command did. Its `Display` (exit status, stdout, stderr)
+/// is meant for assertion messages.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The exit code; `None` when a signal ended the process.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Whether the command exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "exit code {code}")?,
+            None => write!(f, "killed by a signal")?,
+        }
+        write!(
+            f,
+            "\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout_text(),
+            self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion, capturing its output; panics only when it
+/// cannot be started.
+pub fn run(cmd: &mut Command) -> Outcome {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()));
+    Outcome {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the `baleen` under test with `args`.
+pub fn baleen<I, S>(args: I) -> Outcome
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(Command::new(baleen_bin()).args(args))
+}

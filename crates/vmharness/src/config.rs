@@ -39,6 +39,7 @@ pub struct VmConfig {
     pub(crate) qemu: PathBuf,
     pub(crate) rtc_base: Option<String>,
     pub(crate) extra_args: Vec<String>,
+    pub(crate) console: bool,
 }
 
 impl VmConfig {
@@ -63,6 +64,7 @@ impl VmConfig {
             qemu: QEMU.into(),
             rtc_base: None,
             extra_args: Vec::new(),
+            console: false,
         }
     }
 
@@ -171,6 +173,13 @@ impl VmConfig {
     }
 
     /// The VM's name.
+    /// Interactive console: the terminal's input goes to the serial port and
+    /// the serial output is echoed to stdout (for `baleen run`).
+    pub fn console(mut self, console: bool) -> Self {
+        self.console = console;
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

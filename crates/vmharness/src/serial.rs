@@ -225,6 +225,7 @@ impl SerialLog {
         run: u32,
         started: Instant,
         log_path: &Path,
+        echo: bool,
     ) -> Result<JoinHandle<()>> {
         // The first run starts the file over (a reused log folder); restarts append.
         let mut file = File::options()
@@ -255,6 +256,11 @@ impl SerialLog {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
+                    if echo {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&buf[..n]);
+                        let _ = out.flush();
+                    }
                     let done = asm.push(&buf[..n], started.elapsed());
                     log.publish(run, done, asm.partial(), &mut file);
                 }

@@ -187,10 +187,12 @@ impl Vm {
         let cmdline = self.log_dir.join("qemu.cmdline");
         fs::write(&cmdline, format!("{desc}\n"))
             .map_err(|e| Error::io_path("writing", &cmdline, e))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
+        let stdin = if self.config.console {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        command.stdin(stdin).stdout(Stdio::piped()).stderr(stderr);
         tracing::info!(vm = %self.config.name, run = self.run, command = %desc, "starting QEMU");
         self.started_at = Instant::now();
         let mut child = command
@@ -203,6 +205,7 @@ impl Vm {
             self.run,
             self.started_at,
             &self.log_dir.join("serial.log"),
+            self.config.console,
         )?);
 
         let deadline = Instant::now() + scaled(QMP_TIMEOUT);

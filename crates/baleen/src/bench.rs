@@ -1,0 +1,302 @@
+//! `baleen bench`: the figures the project reports, measured here and printed.
+//!
+//! * `bench build`: image build time cold (empty root filesystem cache) and
+//!   warm (cache hit), image and root filesystem sizes.
+//! * `bench boot`: seconds from QEMU start to SSH, split into firmware, boot
+//!   stage and final boot, for baleen's chain and, on the same kernel and
+//!   root filesystem, Debian's usual chain (OVMF → GRUB → kernel).
+
+use crate::build;
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Build twice: with an empty root filesystem cache, then with the cache warm.
+    Build {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "out/bench")]
+        out: PathBuf,
+    },
+    /// Boot an image (development build) and time each stage; compare with GRUB.
+    Boot {
+        image: PathBuf,
+        /// Also boot the same kernel and root through GRUB for comparison.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        grub: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Build { config, out } => bench_build(config, out),
+        Command::Boot { image, grub, json } => bench_boot(&image, grub, json),
+    }
+}
+
+fn bench_build(config: Option<PathBuf>, out: PathBuf) -> Result<()> {
+    let cache = tempfile::Builder::new()
+        .prefix("baleen-bench-cache-")
+        .tempdir_in("/var/tmp")?;
+    let args = |dir: &str| build::Args {
+        device: None,
+        config: config.clone(),
+        out: out.join(dir),
+        cache_dir: cache.path().to_owned(),
+        boot_stage: None,
+    };
+    let cold = build::build(&args("cold"))?;
+    let warm = build::build(&args("warm"))?;
+    println!(
+        "build (cold, empty cache)   {:7.1} s",
+        cold.manifest.build_seconds
+    );
+    println!(
+        "build (warm, cache hit)     {:7.1} s",
+        warm.manifest.build_seconds
+    );
+    println!(
+        "image size                  {:7} MiB ({} MiB allocated)",
+        warm.manifest.image.size_bytes >> 20,
+        warm.manifest.image.allocated_bytes >> 20
+    );
+    println!(
+        "root filesystem             {:7} MiB",
+        warm.manifest.rootfs.bytes >> 20
+    );
+    Ok(())
+}
+
+/// Timings of one boot, seconds since QEMU started.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootTimes {
+    pub chain: String,
+    pub boot: String,
+    /// QEMU start → first kernel prints its banner.
+    pub firmware: f64,
+    /// First kernel start → kexec (baleen only).
+    pub boot_stage: Option<f64>,
+    /// The boot stage's own work, PID 1 start → kexec (baleen only).
+    pub boot_stage_work: Option<f64>,
+    /// Kernel start (or kexec) → SSH answers.
+    pub final_boot: f64,
+    pub total: f64,
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100.0).round() / 100.0
+}
+
+fn measure(vm: &mut vmharness::Vm, chain: &str, boot: &str) -> Result<BootTimes> {
+    let total = vm.wait_for_ssh(Duration::from_secs(600))?;
+    let lines = vm.serial_lines();
+    let run = lines.last().map_or(0, |l| l.run);
+    let lines: Vec<_> = lines.into_iter().filter(|l| l.run == run).collect();
+    let banner = lines
+        .iter()
+        .find(|l| l.text.contains("Linux version"))
+        .context("no kernel banner on the serial console")?;
+    let kexec = lines
+        .iter()
+        .find(|l| l.text.contains("baleen-boot:") && l.text.contains("kexec into slot"));
+    let work = kexec.and_then(|l| {
+        let ms = l.text.split("boot stage work ").nth(1)?.split(' ').next()?;
+        ms.parse::<f64>().ok().map(|ms| ms / 1000.0)
+    });
+    let after = kexec.map_or(banner.at, |k| k.at);
+    Ok(BootTimes {
+        chain: chain.into(),
+        boot: boot.into(),
+        firmware: secs(banner.at),
+        boot_stage: kexec.map(|k| secs(k.at - banner.at)),
+        boot_stage_work: work,
+        final_boot: secs(total - after),
+        total: secs(total),
+    })
+}
+
+/// Boots an image twice (first boot, then a cold restart) and times both.
+fn time_boots(image: &Path, chain: &str) -> Result<Vec<BootTimes>> {
+    let mut vm = vmharness::Vm::builder(&format!("bench-{chain}"))
+        .base_image(image)
+        .overlay_size(8 << 30)
+        .start()?;
+    let first = measure(&mut vm, chain, "first")?;
+    vm.run("systemctl poweroff")?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while vm.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if vm.is_running() {
+        vm.power_cut()?;
+    }
+    vm.restart()?;
+    let again = measure(&mut vm, chain, "again")?;
+    vm.mark_passed();
+    vm.close()?;
+    Ok(vec![first, again])
+}
+
+fn bench_boot(image: &Path, grub: bool, json: bool) -> Result<()> {
+    let image =
+        std::fs::canonicalize(image).with_context(|| format!("opening {}", image.display()))?;
+    let mut results = time_boots(&image, "baleen")?;
+    let work = tempfile::Builder::new()
+        .prefix("baleen-bench-")
+        .tempdir_in("/var/tmp")?;
+    if grub {
+        let grub_image = work.path().join("grub.img");
+        crate::bench::grub::make_image(&image, &grub_image, work.path())?;
+        results.extend(time_boots(&grub_image, "grub")?);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"apiVersion": 1, "boots": results}))?
+        );
+        return Ok(());
+    }
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "{:<8} {:<6} {:>9} {:>11} {:>10} {:>11} {:>8}",
+        "chain", "boot", "firmware", "boot stage", "(own work)", "final boot", "total"
+    );
+    for r in &results {
+        println!(
+            "{:<8} {:<6} {:>9.2} {:>11} {:>10} {:>11.2} {:>8.2}",
+            r.chain,
+            r.boot,
+            r.firmware,
+            opt(r.boot_stage),
+            opt(r.boot_stage_work),
+            r.final_boot,
+            r.total
+        );
+    }
+    let again = |chain: &str| {
+        results
+            .iter()
+            .find(|r| r.chain == chain && r.boot == "again")
+            .map(|r| r.total)
+    };
+    if let (Some(b), Some(g)) = (again("baleen"), again("grub")) {
+        println!(
+            "baleen / GRUB (steady-state boot to SSH): {:.2} (goal <= 1.15)",
+            b / g
+        );
+    }
+    if results.iter().any(|r| r.total <= 0.0) {
+        bail!("a boot time was not measured");
+    }
+    Ok(())
+}
+
+pub mod grub {
+    //! The comparison image: the same disk, with GRUB on the ESP booting the
+    //! root's kernel and initrd directly (Debian's usual chain).
+
+    use anyhow::{Context, Result};
+    use std::path::Path;
+    use subprocess::Cmd;
+
+    pub fn make_image(image: &Path, out: &Path, work: &Path) -> Result<()> {
+        Cmd::new("cp")
+            .args(["--sparse=always"])
+            .arg(image)
+            .arg(out)
+            .run()?;
+        let parts = diskimage::read_partition_table(out)?;
+        let root = diskimage::find_partition(&parts, "resin-rootA", out)?.clone();
+        let root_uuid = diskimage::read_ext4_info(out, "resin-rootA")?.uuid;
+        // The kernel and initrd come from the root filesystem through debugfs
+        // (no mounts); e2fsprogs' I/O manager takes `path?offset=N`.
+        let spec = format!("{}?offset={}", out.display(), root.offset_bytes);
+        let listing = Cmd::new("debugfs")
+            .package("e2fsprogs")
+            .args(["-R", "ls -p /boot"])
+            .arg(&spec)
+            .run()?
+            .stdout;
+        let kernel = work.join("vmlinuz");
+        let initrd = work.join("initrd.img");
+        for (prefix, dst) in [("vmlinuz-", &kernel), ("initrd.img-", &initrd)] {
+            let name = regular_file_named(&listing, prefix)
+                .with_context(|| format!("no /boot/{prefix}* in resin-rootA"))?;
+            Cmd::new("debugfs")
+                .package("e2fsprogs")
+                .arg("-R")
+                .arg(format!("dump -p /boot/{name} {}", dst.display()))
+                .arg(&spec)
+                .run()?;
+            // debugfs reports failures on stderr but exits 0.
+            if !dst.exists() {
+                anyhow::bail!(
+                    "debugfs could not read /boot/{name} from resin-rootA of {}",
+                    out.display()
+                );
+            }
+        }
+        let own_cmdline = read_uki_cmdline(image)?;
+        let cfg = work.join("grub.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "set timeout=0\nsearch --no-floppy --file --set=root /bench-vmlinuz\n\
+                 linux /bench-vmlinuz {own_cmdline} root=UUID={root_uuid} ro\ninitrd /bench-initrd.img\nboot\n"
+            ),
+        )?;
+        let grub_efi = work.join("grubx64.efi");
+        Cmd::new("grub-mkstandalone")
+            .package("grub-efi-amd64-bin")
+            .args([
+                "-O",
+                "x86_64-efi",
+                "--modules=part_gpt fat ext2 linux normal search search_fs_file",
+            ])
+            .arg("-o")
+            .arg(&grub_efi)
+            .arg(format!("boot/grub/grub.cfg={}", cfg.display()))
+            .run()?;
+        let mut disk = diskimage::Disk::open_rw(out)?;
+        let fs = diskimage::config::open_fat_partition(&mut disk, "resin-boot")?;
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        fs.write_file("EFI/BOOT/BOOTX64.EFI", &read(&grub_efi)?)?;
+        fs.write_file("bench-vmlinuz", &read(&kernel)?)?;
+        fs.write_file("bench-initrd.img", &read(&initrd)?)?;
+        fs.close()?;
+        Ok(())
+    }
+
+    /// The name of a regular file starting with `prefix` in `debugfs ls -p` output
+    /// (`/inode/mode/uid/gid/name/size/`).
+    fn regular_file_named(listing: &str, prefix: &str) -> Option<String> {
+        listing.lines().find_map(|l| {
+            let f: Vec<&str> = l.split('/').collect();
+            (f.len() >= 6 && f[2].starts_with("100") && f[5].starts_with(prefix))
+                .then(|| f[5].to_string())
+        })
+    }
+
+    /// The `.cmdline` section of the image's unified kernel image.
+    fn read_uki_cmdline(image: &Path) -> Result<String> {
+        let uki = diskimage::read_file(image, "resin-boot", "EFI/BOOT/BOOTX64.EFI")?;
+        let pe = goblin::pe::PE::parse(&uki).context("parsing the unified kernel image")?;
+        let section = pe
+            .sections
+            .iter()
+            .find(|s| s.name().ok() == Some(".cmdline"))
+            .context("the unified kernel image has no .cmdline section")?;
+        let start = section.pointer_to_raw_data as usize;
+        let bytes = &uki[start..start + section.virtual_size as usize];
+        Ok(String::from_utf8_lossy(bytes)
+            .trim_end_matches('\0')
+            .trim()
+            .to_string())
+    }
+}

@@ -1,0 +1,295 @@
+//! VM tests: real images booted under QEMU (TCG, OVMF) through the harness.
+//! Each test boots a throwaway overlay (or a copy, when it changes the image
+//! before boot). Run by scripts/test.sh after it built the test images.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vmharness::Vm;
+
+const SSH_WAIT: Duration = Duration::from_secs(600);
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = vmharness::log_root().join(format!("scratch-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The UUID the kernel was told to mount as root.
+fn cmdline_root_uuid(vm: &Vm) -> String {
+    let cmdline = vm.run_ok("cat /proc/cmdline").unwrap();
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("root=UUID="))
+        .unwrap_or_else(|| panic!("no root=UUID= in /proc/cmdline: {cmdline}"))
+        .to_string()
+}
+
+fn blkid_uuid(vm: &Vm, dev: &str) -> String {
+    vm.run_ok(&format!("blkid -s UUID -o value {dev}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Rewrites bootenv in a (copied) image's boot partition before it boots.
+fn set_bootenv(image: &Path, slot: bootenv::Slot, upgrade_available: bool, bootcount: u32) {
+    let mut disk = diskimage::Disk::open_rw(image).unwrap();
+    let fs = diskimage::config::open_fat_partition(&mut disk, "resin-boot").unwrap();
+    let mut block = bootenv::EnvBlock::parse(&fs.read_file("bootenv").unwrap()).unwrap();
+    bootenv::BootEnv {
+        resin_root_part: slot,
+        upgrade_available,
+        bootcount,
+    }
+    .apply_to(&mut block);
+    fs.write_file("bootenv", &block.to_bytes().unwrap())
+        .unwrap();
+    fs.close().unwrap();
+}
+
+#[test]
+fn default_image_boots_to_ssh_from_root_a() {
+    let mut vm = Vm::builder("boots-to-ssh")
+        .base_image(systests::test_image("dev"))
+        .overlay_size(8 << 30)
+        .start()
+        .unwrap();
+    let up = vm.wait_for_ssh(SSH_WAIT).unwrap();
+    eprintln!("SSH answered {:.1} s after QEMU started", up.as_secs_f64());
+
+    let os_release = vm.run_ok("cat /etc/os-release").unwrap();
+    for key in [
+        "ID",
+        "NAME",
+        "VERSION",
+        "VERSION_ID",
+        "PRETTY_NAME",
+        "MACHINE",
+        "META_BALENA_VERSION",
+        "SLUG",
+        "VARIANT",
+        "BALENA_BOARD_REV",
+    ] {
+        assert!(
+            os_release
+                .lines()
+                .any(|l| l.starts_with(&format!("{key}="))),
+            "{key} missing from /etc/os-release:\n{os_release}"
+        );
+    }
+    assert!(
+        os_release.lines().any(|l| l == "SLUG=\"qemux86-64\""),
+        "SLUG not quoted:\n{os_release}"
+    );
+    assert!(
+        os_release.lines().any(|l| l == "VARIANT=Development"),
+        "{os_release}"
+    );
+
+    let fingerprint = vm.run("md5sum --quiet -c /balenaos.fingerprint").unwrap();
+    assert!(
+        fingerprint.success(),
+        "fingerprint check failed: {}{}",
+        fingerprint.stdout,
+        fingerprint.stderr
+    );
+
+    let root_uuid = cmdline_root_uuid(&vm);
+    assert_eq!(
+        root_uuid,
+        blkid_uuid(&vm, "/dev/disk/by-partlabel/resin-rootA"),
+        "root= must name resin-rootA"
+    );
+    assert!(
+        root_uuid.starts_with("ba1eadef-"),
+        "first boot gives the root a balena UUID, got {root_uuid}"
+    );
+    for label in ["resin-rootB", "resin-state", "resin-data"] {
+        let uuid = blkid_uuid(&vm, &format!("/dev/disk/by-partlabel/{label}"));
+        assert!(uuid.starts_with("ba1eadef-"), "{label} UUID {uuid}");
+    }
+    assert!(blkid_uuid(&vm, "/dev/disk/by-partlabel/resin-boot").starts_with("BDEF-"));
+
+    let root_opts = vm.run_ok("findmnt -n -o OPTIONS /").unwrap();
+    assert!(
+        root_opts.split(',').any(|o| o == "ro"),
+        "root must be read-only: {root_opts}"
+    );
+    let data_bytes: u64 = vm
+        .run_ok("lsblk -bno SIZE /dev/disk/by-partlabel/resin-data")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        data_bytes > 4 << 30,
+        "resin-data should have grown into the 8 GiB disk, is {data_bytes} bytes"
+    );
+    let fs_bytes: u64 = vm.run_ok("dumpe2fs -h /dev/disk/by-partlabel/resin-data 2>/dev/null | awk -F: '/^Block count/ {b=$2} /^Block size/ {s=$2} END {print b*s}'").unwrap().trim().parse().unwrap();
+    assert!(
+        fs_bytes + (8 << 20) >= data_bytes,
+        "resin-data filesystem ({fs_bytes}) should fill its partition ({data_bytes})"
+    );
+
+    assert!(
+        vm.serial_contains("baleen-boot:"),
+        "boot stage logged nothing on the console"
+    );
+    assert!(
+        vm.serial_contains("kexec into slot A"),
+        "boot stage did not kexec slot A"
+    );
+    vm.mark_passed();
+}
+
+#[test]
+fn empty_slot_b_with_update_pending_falls_back_to_a() {
+    let dir = scratch("fallback");
+    let image = systests::copy_image(&systests::test_image("dev"), &dir);
+    set_bootenv(&image, bootenv::Slot::B, true, 0);
+    let mut vm = Vm::builder("fallback")
+        .disk(&image, vmharness::DiskFormat::Raw)
+        .persist(true)
+        .start()
+        .unwrap();
+    vm.wait_for_ssh(SSH_WAIT).unwrap();
+
+    assert!(
+        vm.serial_contains("trying the update, boot attempt 1 of 3"),
+        "boot stage should count the update attempt"
+    );
+    assert!(
+        vm.serial_contains("slot B cannot be booted"),
+        "boot stage should find slot B unbootable"
+    );
+    assert!(
+        vm.serial_contains("falling back to the previous OS"),
+        "boot stage should fall back"
+    );
+    assert!(
+        vm.serial_contains("kexec into slot A"),
+        "boot stage should boot slot A"
+    );
+    assert_eq!(
+        cmdline_root_uuid(&vm),
+        blkid_uuid(&vm, "/dev/disk/by-partlabel/resin-rootA")
+    );
+
+    // The attempts are used up and persisted: every later boot goes to A until
+    // the running OS repairs bootenv.
+    let env = vm.run_ok("cat /mnt/boot/bootenv").unwrap();
+    let block = bootenv::EnvBlock::parse(env.as_bytes()).unwrap();
+    let env = bootenv::BootEnv::from_block(&block).unwrap();
+    assert_eq!(env.resin_root_part, bootenv::Slot::B);
+    assert!(env.upgrade_available);
+    assert_eq!(
+        env.bootcount,
+        bootenv::MAX_ATTEMPTS + 1,
+        "bootcount after the failed attempt"
+    );
+
+    // A second boot counts again and still comes back on A.
+    vm.reboot_wait(SSH_WAIT).unwrap();
+    assert_eq!(
+        cmdline_root_uuid(&vm),
+        blkid_uuid(&vm, "/dev/disk/by-partlabel/resin-rootA")
+    );
+    vm.mark_passed();
+    drop(vm);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn second_disk_with_the_same_labels_is_ignored() {
+    let dir = scratch("second-disk");
+    let copy = systests::copy_image(&systests::test_image("dev"), &dir);
+    let mut vm = Vm::builder("second-disk")
+        .base_image(systests::test_image("dev"))
+        .overlay_size(8 << 30)
+        .extra_disk(&copy)
+        .start()
+        .unwrap();
+    vm.wait_for_ssh(SSH_WAIT).unwrap();
+    let disks = vm.run_ok("lsblk -dno NAME").unwrap();
+    assert!(
+        disks.contains("vda") && disks.contains("vdb"),
+        "both disks attached: {disks}"
+    );
+
+    assert_eq!(
+        cmdline_root_uuid(&vm),
+        blkid_uuid(&vm, "/dev/vda2"),
+        "root must come from the boot disk"
+    );
+    for part in ["/dev/vdb2", "/dev/vdb3", "/dev/vdb4", "/dev/vdb5"] {
+        let uuid = blkid_uuid(&vm, part);
+        assert!(
+            !uuid.starts_with("ba1eadef-"),
+            "the second disk must be left alone, {part} got {uuid}"
+        );
+    }
+    assert_eq!(
+        vm.run_ok("findmnt -n -o SOURCE /mnt/boot").unwrap().trim(),
+        "/dev/vda1"
+    );
+    assert!(
+        vm.serial_contains("boot disk /dev/vda"),
+        "boot stage chose another disk"
+    );
+    vm.mark_passed();
+    drop(vm);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn production_image_admits_the_key_from_config_json_only() {
+    let dir = scratch("prod-key");
+    let (key, public) = vmharness::ssh_keygen(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    let (_other_key, _) = vmharness::ssh_keygen(&dir.join("other")).unwrap();
+    let image = systests::copy_image(&systests::test_image("prod"), &dir);
+    let config = serde_json::json!({
+        "deviceType": "qemux86-64",
+        "persistentLogging": false,
+        "os": {"sshKeys": [public.trim()]}
+    });
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let inject = std::process::Command::new(systests::baleen_bin())
+        .args(["config", "inject"])
+        .arg(&image)
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(
+        inject.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inject.stderr)
+    );
+
+    let mut vm = Vm::builder("prod-key")
+        .disk(&image, vmharness::DiskFormat::Raw)
+        .persist(true)
+        .ssh_key(&key)
+        .start()
+        .unwrap();
+    vm.wait_for_ssh(SSH_WAIT).unwrap();
+    assert!(
+        vm.run_ok("cat /etc/os-release")
+            .unwrap()
+            .contains("VARIANT=Production")
+    );
+
+    // Without the key (no identity, batch mode: no password prompt) nobody gets in.
+    let port = vm.ssh_port().unwrap();
+    let anonymous =
+        vmharness::Ssh::new("127.0.0.1", port).with_key(Some(dir.join("other/id_ed25519")));
+    let refused = anonymous.run("true", Duration::from_secs(60)).unwrap();
+    assert!(
+        !refused.success(),
+        "a key not in config.json must be refused"
+    );
+    vm.mark_passed();
+    drop(vm);
+    let _ = std::fs::remove_dir_all(dir);
+}
