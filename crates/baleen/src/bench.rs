@@ -49,6 +49,7 @@ fn bench_build(config: Option<PathBuf>, out: PathBuf) -> Result<()> {
         config: config.clone(),
         out: out.join(dir),
         cache_dir: cache.path().to_owned(),
+        devices_dir: None,
         boot_stage: None,
     };
     let cold = build::build(&args("cold"))?;

@@ -54,7 +54,14 @@ impl Initramfs {
         self.entries.is_empty()
     }
 
-    /// Writes the newc archive (uncompressed: the kernel unpacks it fastest).
+    /// Writes the archive zstd-compressed: the firmware reads the unified
+    /// kernel image from FAT slowly, and the kernel unpacks zstd quickly.
+    pub fn write_compressed<W: Write>(&self, out: W) -> std::io::Result<W> {
+        let encoder = zstd::Encoder::new(out, 19)?;
+        self.write_cpio(encoder)?.finish()
+    }
+
+    /// Writes the newc archive, uncompressed.
     pub fn write_cpio<W: Write>(&self, mut out: W) -> std::io::Result<W> {
         for (ino, (path, entry)) in self.entries.iter().enumerate() {
             let builder = cpio::newc::Builder::new(path)
@@ -101,6 +108,8 @@ pub struct Spec<'a> {
     pub device: String,
     pub development: bool,
     pub modules: &'a [String],
+    /// The command line the root's kernel gets (before `root=UUID=`).
+    pub root_cmdline: String,
 }
 
 /// Assembles the initramfs: `/init`, modules, e2fsprogs and dosfstools with
@@ -179,6 +188,7 @@ pub fn assemble(spec: &Spec) -> Result<Initramfs> {
         device: spec.device.clone(),
         development: spec.development,
         module_waves,
+        root_cmdline: spec.root_cmdline.clone(),
     };
     let json = serde_json::to_vec_pretty(&config).expect("stage config serializes");
     fs.add_file(bootstage::CONFIG_PATH, json, 0o644);

@@ -54,6 +54,10 @@ pub enum Evidence {
 pub enum SelectError {
     #[error("no disk with a {BOOT_LABEL} partition found (disks seen: {0})")]
     NoBootDisk(String),
+    #[error(
+        "the firmware loaded us from partition {uuid}, which no disk carries (disks with {BOOT_LABEL}: {seen})"
+    )]
+    LoaderPartitionMissing { uuid: String, seen: String },
 }
 
 /// Chooses the boot disk among `disks`.
@@ -74,9 +78,9 @@ pub fn select<'a>(
             seen.join(", ")
         }));
     }
-    if candidates.len() == 1 {
-        return Ok((candidates[0], Evidence::OnlyCandidate));
-    }
+    // When the firmware says which partition it loaded us from, only a disk
+    // carrying it qualifies: another disk with the same labels that shows up
+    // first must not win the race.
     if let Some(uuid) = loader_part_uuid {
         let matching: Vec<&Disk> = candidates
             .iter()
@@ -87,12 +91,19 @@ pub fn select<'a>(
                     .any(|p| p.part_guid.eq_ignore_ascii_case(uuid))
             })
             .collect();
-        if matching.len() == 1 {
-            return Ok((matching[0], Evidence::LoaderPartition));
+        match matching.len() {
+            0 => {
+                let seen: Vec<&str> = candidates.iter().map(|d| d.name.as_str()).collect();
+                return Err(SelectError::LoaderPartitionMissing {
+                    uuid: uuid.to_string(),
+                    seen: seen.join(", "),
+                });
+            }
+            1 => return Ok((matching[0], Evidence::LoaderPartition)),
+            _ => candidates = matching,
         }
-        if !matching.is_empty() {
-            candidates = matching;
-        }
+    } else if candidates.len() == 1 {
+        return Ok((candidates[0], Evidence::OnlyCandidate));
     }
     if let Some(path) = boot_pci_path.filter(|p| !p.is_empty()) {
         let matching: Vec<&Disk> = candidates
@@ -220,11 +231,25 @@ mod tests {
     }
 
     #[test]
-    fn single_candidate_wins() {
+    fn single_candidate_wins_without_firmware_evidence() {
         let disks = [disk("vda", "03", "g1")];
         assert_eq!(
-            select(&disks, Some("other"), None).unwrap().1,
+            select(&disks, None, None).unwrap().1,
             Evidence::OnlyCandidate
+        );
+        assert_eq!(
+            select(&disks, Some("g1"), None).unwrap().1,
+            Evidence::LoaderPartition
+        );
+    }
+
+    #[test]
+    fn a_lone_disk_without_the_loader_partition_is_not_taken() {
+        let disks = [disk("vdb", "04", "other")];
+        assert_eq!(
+            select(&disks, Some("g1"), None).unwrap_err().to_string(),
+            "the firmware loaded us from partition g1, which no disk carries \
+             (disks with resin-boot: vdb)"
         );
     }
 

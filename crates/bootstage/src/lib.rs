@@ -30,6 +30,20 @@ pub struct StageConfig {
     /// module's dependencies are all in earlier waves, so each wave loads
     /// concurrently.
     pub module_waves: Vec<Vec<String>>,
+    /// The root kernel's command line, before `root=UUID=… ro`. The unified
+    /// kernel image's own line adds `quiet`: the boot stage logs its steps
+    /// itself, and a kernel log on a serial console costs boot time.
+    pub root_cmdline: String,
+}
+
+/// The unified kernel image's command line for a root command line.
+pub fn stage_cmdline(root_cmdline: &str) -> String {
+    let words = cmdline::split(root_cmdline);
+    if words.iter().any(|w| w == "quiet") {
+        root_cmdline.to_string()
+    } else {
+        format!("{root_cmdline} quiet").trim().to_string()
+    }
 }
 
 /// Paths of the root's kernel and initrd, relative to the root (build-made
@@ -88,6 +102,15 @@ pub fn resolve_in_root(root: &Path, rel: &str) -> Result<PathBuf, ResolveError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_cmdline_is_quiet() {
+        assert_eq!(
+            stage_cmdline("console=ttyS0 panic=10"),
+            "console=ttyS0 panic=10 quiet"
+        );
+        assert_eq!(stage_cmdline("console=ttyS0 quiet"), "console=ttyS0 quiet");
+    }
 
     #[test]
     fn resolves_relative_and_absolute_links_inside_the_root() {

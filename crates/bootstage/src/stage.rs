@@ -55,23 +55,9 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     let mut env = read_bootenv(log, &boot_dev);
     let mut decision = bootenv::decide(&env);
 
-    if let Err(e) = firstboot::regenerate_uuids(log, &disk) {
-        log.info(format!(
-            "regenerating filesystem UUIDs failed (will retry next boot): {e:#}"
-        ));
-    }
-    let fsck_started = Instant::now();
-    firstboot::check_filesystems(log, &disk);
-    log.info(format!(
-        "filesystem checks took {} ms",
-        fsck_started.elapsed().as_millis()
-    ));
-    if let Err(e) = firstboot::expand_data(log, &disk) {
-        log.info(format!(
-            "growing resin-data failed (will retry next boot): {e:#}"
-        ));
-    }
+    firstboot::regenerate_uuids(log, &disk);
 
+    let mut first_attempt = true;
     loop {
         let Decision {
             slot,
@@ -87,7 +73,37 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
             ));
             env = *new_env;
         }
-        match prepare_root(log, &disk, slot, &own_cmdline) {
+        let root_label = slot_label(slot);
+        firstboot::check_filesystems(log, &disk, [root_label]);
+        // Staging the root's kernel takes the kernel a while (reading, signature
+        // check); the other filesystems are checked and grown meanwhile.
+        let staged = std::thread::scope(|scope| {
+            let staging = scope.spawn(|| prepare_root(log, &disk, slot, &config.root_cmdline));
+            if first_attempt {
+                let started = Instant::now();
+                firstboot::check_filesystems(
+                    log,
+                    &disk,
+                    firstboot::ALL_LABELS
+                        .into_iter()
+                        .filter(|l| *l != root_label),
+                );
+                if let Err(e) = firstboot::expand_data(log, &disk) {
+                    log.info(format!(
+                        "growing resin-data failed (will retry next boot): {e:#}"
+                    ));
+                }
+                log.info(format!(
+                    "other filesystems checked in {} ms",
+                    started.elapsed().as_millis()
+                ));
+            }
+            staging
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread staging slot {slot} panicked")))
+        });
+        first_attempt = false;
+        match staged {
             Ok(kexec) => return Err(kexec.execute(log, slot)),
             Err(e) => {
                 log.info(format!("slot {slot} cannot be booted: {e:#}"));
@@ -95,6 +111,13 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
                 decision = bootenv::slot_unbootable(&env, slot).context("no bootable root")?;
             }
         }
+    }
+}
+
+fn slot_label(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => "resin-rootA",
+        Slot::B => "resin-rootB",
     }
 }
 
@@ -273,11 +296,8 @@ impl Kexec {
     }
 }
 
-fn prepare_root(log: &Log, disk: &Disk, slot: Slot, own_cmdline: &str) -> Result<Kexec> {
-    let label = match slot {
-        Slot::A => "resin-rootA",
-        Slot::B => "resin-rootB",
-    };
+fn prepare_root(log: &Log, disk: &Disk, slot: Slot, root_cmdline: &str) -> Result<Kexec> {
+    let label = slot_label(slot);
     let part = disk
         .partition(label)
         .with_context(|| format!("{label} not found on {}", disk.dev.display()))?;
@@ -293,7 +313,7 @@ fn prepare_root(log: &Log, disk: &Disk, slot: Slot, own_cmdline: &str) -> Result
     .with_context(|| format!("mounting {} ({label}) read-only", part.dev.display()))?;
     let kernel = bootstage::resolve_in_root(Path::new(SYSROOT), bootstage::ROOT_KERNEL)?;
     let initrd = bootstage::resolve_in_root(Path::new(SYSROOT), bootstage::ROOT_INITRD).ok();
-    let cmdline = cmdline::for_root(own_cmdline, &uuid, &[]);
+    let cmdline = cmdline::for_root(root_cmdline, &uuid, &[]);
     let kernel_file =
         File::open(&kernel).with_context(|| format!("opening {}", kernel.display()))?;
     let initrd_file = initrd.as_ref().map(File::open).transpose()?;

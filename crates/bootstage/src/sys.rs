@@ -116,14 +116,6 @@ pub fn sync() {
     unsafe { libc::sync() }
 }
 
-/// `BLKRRPART`: asks the kernel to re-read a disk's partition table.
-pub fn reread_partitions(disk: &File) -> io::Result<()> {
-    const BLKRRPART: libc::c_ulong = 0x125f;
-    // SAFETY: BLKRRPART takes no argument; the fd is a valid open block device.
-    let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKRRPART as _, 0) };
-    check(rc.into())
-}
-
 /// `BLKGETSIZE64`: the size of a block device in bytes.
 pub fn block_device_size(dev: &File) -> io::Result<u64> {
     const BLKGETSIZE64: libc::c_ulong = 0x80081272;
@@ -132,4 +124,46 @@ pub fn block_device_size(dev: &File) -> io::Result<u64> {
     let rc = unsafe { libc::ioctl(dev.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
     check(rc.into())?;
     Ok(size)
+}
+
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
+}
+
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+/// `BLKPG_RESIZE_PARTITION`: tells the kernel partition `number` of `disk`
+/// now spans `length` bytes from `start`. Unlike re-reading the whole table,
+/// this works while other partitions of the disk are mounted.
+pub fn resize_partition(disk: &File, number: u32, start: u64, length: u64) -> io::Result<()> {
+    const BLKPG: libc::c_ulong = 0x1269;
+    const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
+    let mut part = BlkpgPartition {
+        start: start as libc::c_longlong,
+        length: length as libc::c_longlong,
+        pno: number as libc::c_int,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op: BLKPG_RESIZE_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: (&mut part as *mut BlkpgPartition).cast(),
+    };
+    // SAFETY: BLKPG reads one blkpg_ioctl_arg whose data points to one
+    // blkpg_partition of datalen bytes; both live on this stack frame for the call.
+    let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG as _, &mut arg as *mut BlkpgIoctlArg) };
+    check(rc.into())
 }

@@ -41,16 +41,36 @@ pub const DISABLED_UNITS: [&str; 7] = [
 /// baleen's units enabled in every image.
 pub const ENABLED_UNITS: [&str; 2] = ["sshd.socket", "baleen-ssh.service"];
 
-/// The read-only root keeps volatile state in memory until state partitions
-/// take over.
-pub const FSTAB: &str = "\
-# baleen: the root filesystem is read-only; these paths live in memory.
-tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0
-tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0
-tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0
-tmpfs /var/lib/NetworkManager tmpfs mode=0700,nosuid,nodev 0 0
-tmpfs /var/lib/systemd tmpfs mode=0755,nosuid,nodev 0 0
-";
+/// Directories of the read-only root that live in memory (path, mode) until
+/// state partitions take over. Their image content is hidden at run time, so
+/// the fingerprint leaves them out.
+pub const VOLATILE: [(&str, &str); 5] = [
+    ("/tmp", "1777"),
+    ("/var/tmp", "1777"),
+    ("/var/log", "0755"),
+    ("/var/lib/NetworkManager", "0700"),
+    ("/var/lib/systemd", "0755"),
+];
+
+/// `/etc/fstab` for [`VOLATILE`].
+pub fn fstab() -> String {
+    let mut text =
+        String::from("# baleen: the root filesystem is read-only; these paths live in memory.\n");
+    for (path, mode) in VOLATILE {
+        text.push_str(&format!(
+            "tmpfs {path} tmpfs mode={mode},nosuid,nodev 0 0\n"
+        ));
+    }
+    text
+}
+
+/// Fingerprint exclusions for [`VOLATILE`]: `dir/` excludes what is under `dir`.
+pub fn volatile_excludes() -> Vec<String> {
+    VOLATILE
+        .iter()
+        .map(|(path, _)| format!("{}/", path.trim_start_matches('/')))
+        .collect()
+}
 
 /// sshd: everything device-specific (host keys, keys, policy) is rendered at
 /// boot into /run by `baleen device ssh-setup`.
@@ -141,7 +161,7 @@ fn filesystem(root: &Path) -> Result<()> {
         let path = root.join(dir);
         std::fs::create_dir_all(&path).map_err(|source| Error::Write { path, source })?;
     }
-    replace_file(&root.join("etc/fstab"), FSTAB)?;
+    replace_file(&root.join("etc/fstab"), fstab())?;
     if root.join("usr/sbin/NetworkManager").exists() {
         let resolv = root.join("etc/resolv.conf");
         let _ = std::fs::remove_file(&resolv);
@@ -261,6 +281,20 @@ fn units(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fstab_mounts_each_volatile_dir() {
+        assert_eq!(
+            fstab(),
+            "# baleen: the root filesystem is read-only; these paths live in memory.\n\
+             tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
+             tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
+             tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0\n\
+             tmpfs /var/lib/NetworkManager tmpfs mode=0700,nosuid,nodev 0 0\n\
+             tmpfs /var/lib/systemd tmpfs mode=0755,nosuid,nodev 0 0\n"
+        );
+        assert_eq!(volatile_excludes()[3], "var/lib/NetworkManager/");
+    }
 
     #[test]
     fn root_password_is_replaced_and_other_lines_kept() {

@@ -20,7 +20,7 @@ pub const ROOT_EXCLUDES: [&str; 4] = [
 pub fn manifest(dir: &Path, prefix: &str, exclude: &[&str]) -> Result<String> {
     let mut files = Vec::new();
     collect(dir, dir, &mut files)?;
-    files.retain(|rel| !exclude.contains(&rel.as_str()));
+    files.retain(|rel| !is_excluded(rel, exclude));
     files.sort();
     let mut out = String::new();
     for rel in files {
@@ -80,8 +80,19 @@ fn md5_file(path: &Path) -> Result<String> {
 }
 
 /// Writes `/balenaos.fingerprint` into a root.
-pub fn write_root(root: &Path) -> Result<()> {
-    let text = manifest(root, "/", &ROOT_EXCLUDES)?;
+/// Whether `rel` is named in `exclude`, or lies under an entry ending in `/`.
+pub fn is_excluded(rel: &str, exclude: &[&str]) -> bool {
+    exclude
+        .iter()
+        .any(|e| *e == rel || (e.ends_with('/') && rel.starts_with(e)))
+}
+
+/// Writes `/balenaos.fingerprint` into a root, leaving out [`ROOT_EXCLUDES`]
+/// and `extra_excludes` (paths hidden at run time, e.g. `var/log/`).
+pub fn write_root(root: &Path, extra_excludes: &[String]) -> Result<()> {
+    let mut exclude: Vec<&str> = ROOT_EXCLUDES.to_vec();
+    exclude.extend(extra_excludes.iter().map(String::as_str));
+    let text = manifest(root, "/", &exclude)?;
     crate::write(&root.join("balenaos.fingerprint"), text)
 }
 
@@ -102,5 +113,12 @@ mod tests {
             manifest(d, "/", &ROOT_EXCLUDES).unwrap(),
             "d41d8cd98f00b204e9800998ecf8427e  /a\nb1946ac92492d2347c6235b4d2611184  /etc/b\n"
         );
+    }
+
+    #[test]
+    fn directory_excludes_cover_their_content() {
+        assert!(is_excluded("var/log/apt/history.log", &["var/log/"]));
+        assert!(!is_excluded("var/logs", &["var/log/"]));
+        assert!(is_excluded("etc/hostname", &ROOT_EXCLUDES));
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 pub enum Error {
     #[error("{program} not found: install the Debian package {package}")]
     NotFound { program: String, package: String },
-    #[error("starting {argv}: {source}")]
+    #[error("starting {argv}")]
     Spawn {
         argv: String,
         source: std::io::Error,

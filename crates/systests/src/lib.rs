@@ -30,7 +30,16 @@ const HOW_TO_RUN: &str = "the image and VM suites test the binaries and images t
 
 fn env_path(name: &str) -> PathBuf {
     match std::env::var_os(name) {
-        Some(value) if !value.is_empty() => PathBuf::from(value),
+        Some(value) if !value.is_empty() => {
+            let path = PathBuf::from(value);
+            assert!(
+                path.is_absolute(),
+                "{name}={} must be an absolute path (tests run in their crate's directory): \
+                 {HOW_TO_RUN}",
+                path.display()
+            );
+            path
+        }
         _ => panic!("{name} is not set: {HOW_TO_RUN}"),
     }
 }

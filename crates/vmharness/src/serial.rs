@@ -432,7 +432,7 @@ mod tests {
         let path = dir.path().join("serial.log");
         let log = SerialLog::new();
         let input = Cursor::new(b"one\r\ntwo\nlogin: ".to_vec());
-        log.attach(input, 0, Instant::now(), &path)
+        log.attach(input, 0, Instant::now(), &path, false)
             .unwrap()
             .join()
             .unwrap();
@@ -465,13 +465,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.log");
         let log = SerialLog::new();
-        log.attach(Cursor::new(b"a\n".to_vec()), 0, Instant::now(), &path)
-            .unwrap()
-            .join()
-            .unwrap();
+        log.attach(
+            Cursor::new(b"a\n".to_vec()),
+            0,
+            Instant::now(),
+            &path,
+            false,
+        )
+        .unwrap()
+        .join()
+        .unwrap();
         // A stream that stays open: the wait must time out, not return Closed.
         let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let h = log.attach(reader, 1, Instant::now(), &path).unwrap();
+        let h = log.attach(reader, 1, Instant::now(), &path, false).unwrap();
         assert_eq!(log.run_mark(), SerialMark(1));
         let t = Instant::now();
         assert!(matches!(

@@ -159,7 +159,7 @@ mod tests {
     fn config_json_is_sorted_like_jq_s() {
         assert_eq!(
             config_json(&config(true)),
-            "{\n  \"deviceType\": \"qemux86-64\",\n  \"developmentMode\": true,\n  \"persistentLogging\": false\n}\n"
+            "{\n  \"developmentMode\": true,\n  \"deviceType\": \"qemux86-64\",\n  \"persistentLogging\": false\n}\n"
         );
         assert_eq!(
             config_json(&config(false)),

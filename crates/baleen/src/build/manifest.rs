@@ -12,6 +12,7 @@ use std::path::Path;
 pub const API_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ImageFacts {
     pub file: String,
     pub size_bytes: u64,
@@ -49,6 +50,7 @@ impl ImageFacts {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PartitionFacts {
     pub number: u32,
     pub name: String,
@@ -57,6 +59,7 @@ pub struct PartitionFacts {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RootfsFacts {
     pub bytes: u64,
     pub cache: String,

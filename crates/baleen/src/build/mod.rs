@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Packages every image has, whatever the device type.
-pub const BASE_PACKAGES: [&str; 13] = [
+pub const BASE_PACKAGES: [&str; 14] = [
     "systemd",
     "systemd-sysv",
     "udev",
@@ -27,6 +27,7 @@ pub const BASE_PACKAGES: [&str; 13] = [
     "busybox-static",
     "systemd-boot-efi",
     "mount",
+    "zstd",
 ];
 
 #[derive(clap::Args)]
@@ -43,6 +44,9 @@ pub struct Args {
     /// Where root filesystem tarballs are cached between builds.
     #[arg(long, env = "BALEEN_CACHE_DIR", default_value = "/var/cache/baleen")]
     pub cache_dir: PathBuf,
+    /// Directory of device-type files (`<slug>.toml`) to use instead of the built-in ones.
+    #[arg(long)]
+    pub devices_dir: Option<PathBuf>,
     /// The static baleen-boot binary (default: next to this baleen binary).
     #[arg(long)]
     pub boot_stage: Option<PathBuf>,
@@ -79,7 +83,11 @@ fn load_config(args: &Args) -> Result<BuildConfig> {
     if let Some(device) = &args.device {
         raw.device = Some(device.clone());
     }
-    Ok(raw.validate(&DeviceType::builtin())?)
+    let device_types = match &args.devices_dir {
+        Some(dir) => DeviceType::load_dir(dir)?,
+        None => DeviceType::builtin(),
+    };
+    Ok(raw.validate(&device_types)?)
 }
 
 fn step(started: Instant, what: &str) {
@@ -178,6 +186,13 @@ fn build_in(
         config.device.arch.debian(),
         config.mirror.as_str(),
         packages,
+    )
+    .with_initramfs_modules(
+        config
+            .device
+            .boot_modules
+            .iter()
+            .map(|m| m.as_str().to_string()),
     );
     let (tarball, cache) = rootfs::bootstrap::tarball(&recipe, &args.cache_dir)?;
     let staging = work.join("rootfs");
@@ -215,12 +230,13 @@ fn build_in(
         device: config.device.slug.clone(),
         development: config.development,
         modules: &modules,
+        root_cmdline: config.kernel_cmdline(),
     })?;
     let initrd = work.join("initramfs.cpio");
-    initramfs.write_cpio(std::fs::File::create(&initrd)?)?;
+    initramfs.write_compressed(std::fs::File::create(&initrd)?)?;
     let kernel_version = bootimage::modules::kernel_version(&staging)?;
     let cmdline = work.join("cmdline.txt");
-    std::fs::write(&cmdline, config.kernel_cmdline())?;
+    std::fs::write(&cmdline, bootstage::stage_cmdline(&config.kernel_cmdline()))?;
     let osrel = work.join("os-release");
     std::fs::write(&osrel, os_release.render())?;
     let uki = work.join("uki.efi");
@@ -243,7 +259,7 @@ fn build_in(
     copy_tree(&boot_tree, &staging.join("resin-boot"))?;
 
     step(started, "fingerprint");
-    rootfs::fingerprint::write_root(&staging)?;
+    rootfs::fingerprint::write_root(&staging, &rootfs::customize::volatile_excludes())?;
     let rootfs_bytes = assemble::tree_bytes(&staging)?;
 
     step(started, "disk image");
