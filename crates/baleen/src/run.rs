@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     eprintln!(
         "baleen run: booting {} (QEMU TCG, UEFI); serial console follows. Logs: {}\n\
-         SSH once booted: ssh -p {} root@127.0.0.1   (Ctrl-C here stops the VM)",
+         SSH once booted: ssh -p {} root@127.0.0.1   (Ctrl-A X here stops the VM)",
         image.display(),
         log_dir.display(),
         args.ssh_port
@@ -52,6 +52,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut vm = config.start()?;
     while vm.is_running() {
         std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(vm);
+    if !args.persist {
+        // The overlay held the device's writes; nothing in it outlives the run.
+        let _ = std::fs::remove_dir_all(&log_dir);
     }
     Ok(())
 }

@@ -44,6 +44,10 @@ pub enum Error {
         "{path} must be statically linked (it runs as PID 1 before any library exists); build it with scripts/build.sh"
     )]
     NotStatic { path: PathBuf },
+    #[error(
+        "architecture {0} has no UEFI stub: unified kernel images are made for amd64, arm64 and i386"
+    )]
+    NoEfiStub(String),
     #[error("{0}")]
     Resolve(#[from] bootstage::ResolveError),
     #[error(transparent)]

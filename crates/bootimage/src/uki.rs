@@ -6,8 +6,16 @@ use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use subprocess::Cmd;
 
-/// Where the stub lives, inside the target root or on the build host.
-pub const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// Where systemd's EFI stub for a Debian architecture lives, inside the target
+/// root (package systemd-boot-efi) or on the build host.
+pub fn stub_path(debian_arch: &str) -> Option<&'static str> {
+    match debian_arch {
+        "amd64" => Some("usr/lib/systemd/boot/efi/linuxx64.efi.stub"),
+        "arm64" => Some("usr/lib/systemd/boot/efi/linuxaa64.efi.stub"),
+        "i386" => Some("usr/lib/systemd/boot/efi/linuxia32.efi.stub"),
+        _ => None,
+    }
+}
 
 /// Parts of a unified kernel image.
 pub struct Parts<'a> {
@@ -19,11 +27,12 @@ pub struct Parts<'a> {
 }
 
 /// The stub from the target root if it ships one, else the build host's.
-pub fn find_stub(root: &Path) -> Result<PathBuf> {
-    if let Ok(p) = bootstage::resolve_in_root(root, STUB) {
+pub fn find_stub(root: &Path, debian_arch: &str) -> Result<PathBuf> {
+    let stub = stub_path(debian_arch).ok_or_else(|| Error::NoEfiStub(debian_arch.to_string()))?;
+    if let Ok(p) = bootstage::resolve_in_root(root, stub) {
         return Ok(p);
     }
-    let host = Path::new("/").join(STUB);
+    let host = Path::new("/").join(stub);
     if host.exists() {
         return Ok(host);
     }
@@ -129,7 +138,7 @@ mod tests {
 
     #[test]
     fn host_stub_end_is_past_its_sections() {
-        let stub = Path::new("/").join(STUB);
+        let stub = Path::new("/").join(stub_path("amd64").unwrap());
         if !stub.exists() {
             return; // systemd-boot-efi is installed by scripts/install-deps.sh; the image suite covers it.
         }

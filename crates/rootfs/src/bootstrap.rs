@@ -88,13 +88,24 @@ impl Recipe {
     }
 
     /// The apt sources: the release, its updates and its security suite.
+    /// A mirror whose path ends in `/debian` serves security updates from the
+    /// sibling `/debian-security`; for any other mirror layout there is no
+    /// way to know, so the security suite is left out (and says so in the log).
     pub fn sources(&self) -> Vec<String> {
-        let security = self.mirror.replace("/debian", "/debian-security");
-        vec![
+        let mut sources = vec![
             format!("deb {} {} main", self.mirror, self.release),
             format!("deb {} {}-updates main", self.mirror, self.release),
-            format!("deb {} {}-security main", security, self.release),
-        ]
+        ];
+        match self.mirror.strip_suffix("/debian") {
+            Some(base) => sources.push(format!(
+                "deb {base}/debian-security {}-security main",
+                self.release
+            )),
+            None => {
+                tracing::warn!(mirror = %self.mirror, "mirror path does not end in /debian: no security suite")
+            }
+        }
+        sources
     }
 
     /// mmdebstrap's argument list for writing the tarball `out`.
@@ -241,6 +252,18 @@ mod tests {
                 "deb http://deb.debian.org/debian-security bookworm-security main",
             ]
         );
+    }
+
+    #[test]
+    fn security_suite_only_for_debian_layout_mirrors() {
+        let mut r = recipe(&[]);
+        r.mirror = "http://mirror.example/debian-archive/debian".into();
+        assert_eq!(
+            r.sources()[2],
+            "deb http://mirror.example/debian-archive/debian-security bookworm-security main"
+        );
+        r.mirror = "http://mirror.example/pkgs".into();
+        assert_eq!(r.sources().len(), 2);
     }
 
     #[test]

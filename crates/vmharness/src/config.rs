@@ -298,12 +298,24 @@ pub(crate) fn qemu_argv(cfg: &VmConfig, layout: &Layout) -> Vec<OsString> {
     push(&["-netdev", &netdev, "-device", &nic]);
     // Guests wait for entropy at boot; TCG makes that slow without a virtio RNG.
     push(&["-device", "virtio-rng-pci"]);
-    push(&[
-        "-chardev",
-        "stdio,id=ser0,signal=off",
-        "-serial",
-        "chardev:ser0",
-    ]);
+    if cfg.console {
+        // Interactive: the serial port shares the terminal with QEMU's
+        // monitor; Ctrl-A X quits, Ctrl-A C switches to the monitor.
+        push(&[
+            "-chardev",
+            "stdio,id=ser0,mux=on,signal=off",
+            "-serial",
+            "chardev:ser0",
+        ]);
+        push(&["-mon", "chardev=ser0,mode=readline"]);
+    } else {
+        push(&[
+            "-chardev",
+            "stdio,id=ser0,signal=off",
+            "-serial",
+            "chardev:ser0",
+        ]);
+    }
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", opt(&layout.qmp)),

@@ -242,7 +242,7 @@ fn build_in(
     let uki = work.join("uki.efi");
     bootimage::uki::build(
         &bootimage::uki::Parts {
-            stub: &bootimage::uki::find_stub(&staging)?,
+            stub: &bootimage::uki::find_stub(&staging, config.device.arch.debian())?,
             os_release: &osrel,
             cmdline: &cmdline,
             kernel: &bootstage::resolve_in_root(&staging, bootstage::ROOT_KERNEL)?,

@@ -1,5 +1,6 @@
-//! Starts real QEMU processes (TCG, OVMF, no guest OS): the harness's own smoke tests. Skipped
-//! when QEMU or OVMF is not installed; the namespace test also needs root.
+//! The VM harness's own tests: real QEMU processes (TCG, OVMF, no guest OS) and
+//! network namespaces. They need root and QEMU, so they live in the system
+//! suite (scripts/test.sh installs both) rather than in `cargo test`.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,12 +11,12 @@ use vmharness::{NetNs, Regex, Vm};
 
 const QEMU_BIN: &str = "/usr/bin/qemu-system-x86_64";
 
-fn have_qemu() -> bool {
-    let ok = Path::new(QEMU_BIN).exists() && Path::new(vmharness::OVMF_CODE).exists();
-    if !ok {
-        eprintln!("skipping: needs {QEMU_BIN} and {}", vmharness::OVMF_CODE);
-    }
-    ok
+fn have_qemu() {
+    assert!(
+        Path::new(QEMU_BIN).exists() && Path::new(vmharness::OVMF_CODE).exists(),
+        "the system suite needs {QEMU_BIN} and {}: run scripts/install-deps.sh",
+        vmharness::OVMF_CODE
+    );
 }
 
 fn is_root() -> bool {
@@ -27,6 +28,13 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "the system suite runs as root (network namespaces, QEMU taps)"
+    );
 }
 
 /// A raw image of `size` bytes with 64 KiB of `fill` at `at`.
@@ -61,9 +69,7 @@ fn qemu_io(vm: &mut Vm, drive: &str, command: &str, expect: &str) {
 
 #[test]
 fn boots_ovmf_cuts_power_and_keeps_overlay_writes() {
-    if !have_qemu() {
-        return;
-    }
+    have_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.img");
     raw_image(&base, 64 << 20, 1 << 20, 0xcd);
@@ -184,13 +190,8 @@ fn boots_ovmf_cuts_power_and_keeps_overlay_writes() {
 
 #[test]
 fn attaches_to_a_tap_in_a_namespace() {
-    if !have_qemu() {
-        return;
-    }
-    if !is_root() {
-        eprintln!("skipping: network namespaces need root");
-        return;
-    }
+    have_qemu();
+    require_root();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.img");
     raw_image(&base, 16 << 20, 0, 0);
@@ -223,9 +224,7 @@ fn attaches_to_a_tap_in_a_namespace() {
 
 #[test]
 fn reports_qemu_exit_and_cleans_up_after_a_pass() {
-    if !have_qemu() {
-        return;
-    }
+    have_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.img");
     raw_image(&base, 16 << 20, 0, 0);
@@ -260,4 +259,51 @@ fn reports_qemu_exit_and_cleans_up_after_a_pass() {
     drop(vm);
     let keep = std::env::var_os(vmharness::KEEP_LOGS_ENV).is_some();
     assert_eq!(dir.exists(), keep, "{}", dir.display());
+}
+
+#[test]
+fn namespace_lifecycle() {
+    require_root();
+    let ns = NetNs::create("lifecycle test").unwrap();
+    let name = ns.name().to_owned();
+    assert!(name.starts_with("baleen-lifecycle-test-"), "{name}");
+    assert_eq!(ns.host_addr(), "10.0.2.2");
+    assert_eq!(ns.add_tap().unwrap(), "tap0");
+    assert_eq!(ns.add_tap().unwrap(), "tap1");
+    let addrs = ns.exec(&["ip", "-br", "addr"]).unwrap().stdout;
+    assert!(addrs.contains("10.0.2.2/24"), "{addrs}");
+    assert!(addrs.contains("tap1"), "{addrs}");
+    let err = ns.exec(&["ip", "link", "show", "nope0"]).unwrap_err();
+    assert!(err.to_string().contains("failed"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = ns
+        .spawn_logged(&["sh", "-c", "echo started; exec sleep 600"], &log)
+        .unwrap();
+    assert!(server.is_running());
+    // The process lives in the namespace, not in ours.
+    let inside = ns.exec(&["readlink", "/proc/self/ns/net"]).unwrap().stdout;
+    let mut theirs = String::new();
+    for _ in 0..100 {
+        theirs = fs::read_link(format!("/proc/{}/ns/net", server.pid()))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if theirs == inside.trim() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(theirs, inside.trim());
+    let pid = server.pid();
+    server.kill().unwrap();
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(fs::read_to_string(&log).unwrap(), "started\n");
+
+    // Spawned processes keep the namespace alive; the last handle deletes it.
+    let sleeper = ns.spawn(&["sleep", "600"]).unwrap();
+    drop(ns);
+    assert!(Path::new("/run/netns").join(&name).exists());
+    drop(sleeper);
+    assert!(!Path::new("/run/netns").join(&name).exists());
 }
