@@ -155,12 +155,15 @@ fn measure(vm: &mut vmharness::Vm, chain: &str, boot: &str) -> Result<BootTimes>
 }
 
 /// Boots an image twice (first boot, then a cold restart) and times both.
-fn time_boots(image: &Path, chain: &str) -> Result<Vec<BootTimes>> {
+/// Boots an image twice (first boot, then a cold restart) and times both;
+/// also returns the root kernel's command line as the device saw it.
+fn time_boots(image: &Path, chain: &str) -> Result<(Vec<BootTimes>, String)> {
     let mut vm = vmharness::Vm::builder(&format!("bench-{chain}"))
         .base_image(image)
         .overlay_size(8 << 30)
         .start()?;
     let first = measure(&mut vm, chain, "first")?;
+    let cmdline = vm.run_ok("cat /proc/cmdline")?;
     vm.run("systemctl poweroff")?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while vm.is_running() && Instant::now() < deadline {
@@ -173,20 +176,20 @@ fn time_boots(image: &Path, chain: &str) -> Result<Vec<BootTimes>> {
     let again = measure(&mut vm, chain, "again")?;
     vm.mark_passed();
     vm.close()?;
-    Ok(vec![first, again])
+    Ok((vec![first, again], cmdline.trim().to_string()))
 }
 
 fn bench_boot(image: &Path, grub: bool, json: bool) -> Result<()> {
     let image =
         std::fs::canonicalize(image).with_context(|| format!("opening {}", image.display()))?;
-    let mut results = time_boots(&image, "baleen")?;
+    let (mut results, root_cmdline) = time_boots(&image, "baleen")?;
     let work = tempfile::Builder::new()
         .prefix("baleen-bench-")
         .tempdir_in("/var/tmp")?;
     if grub {
         let grub_image = work.path().join("grub.img");
-        crate::bench::grub::make_image(&image, &grub_image, work.path())?;
-        results.extend(time_boots(&grub_image, "grub")?);
+        crate::bench::grub::make_image(&image, &grub_image, work.path(), &root_cmdline)?;
+        results.extend(time_boots(&grub_image, "grub")?.0);
     }
     if json {
         println!(
@@ -238,7 +241,9 @@ pub mod grub {
     use std::path::Path;
     use subprocess::Cmd;
 
-    pub fn make_image(image: &Path, out: &Path, work: &Path) -> Result<()> {
+    /// `cmdline` is the root kernel's command line under baleen; its
+    /// `root=UUID=` is replaced by the image's own rootA UUID.
+    pub fn make_image(image: &Path, out: &Path, work: &Path, cmdline: &str) -> Result<()> {
         Cmd::new("cp")
             .args(["--sparse=always"])
             .arg(image)
@@ -275,7 +280,11 @@ pub mod grub {
                 );
             }
         }
-        let own_cmdline = read_uki_cmdline(image)?;
+        let own_cmdline: Vec<&str> = cmdline
+            .split_whitespace()
+            .filter(|w| !w.starts_with("root=") && *w != "ro" && *w != "rw")
+            .collect();
+        let own_cmdline = own_cmdline.join(" ");
         let cfg = work.join("grub.cfg");
         std::fs::write(
             &cfg,
@@ -314,22 +323,5 @@ pub mod grub {
             (f.len() >= 6 && f[2].starts_with("100") && f[5].starts_with(prefix))
                 .then(|| f[5].to_string())
         })
-    }
-
-    /// The `.cmdline` section of the image's unified kernel image.
-    fn read_uki_cmdline(image: &Path) -> Result<String> {
-        let uki = diskimage::read_file(image, "resin-boot", "EFI/BOOT/BOOTX64.EFI")?;
-        let pe = goblin::pe::PE::parse(&uki).context("parsing the unified kernel image")?;
-        let section = pe
-            .sections
-            .iter()
-            .find(|s| s.name().ok() == Some(".cmdline"))
-            .context("the unified kernel image has no .cmdline section")?;
-        let start = section.pointer_to_raw_data as usize;
-        let bytes = &uki[start..start + section.virtual_size as usize];
-        Ok(String::from_utf8_lossy(bytes)
-            .trim_end_matches('\0')
-            .trim()
-            .to_string())
     }
 }

@@ -139,6 +139,7 @@ fn volume_serial_is_set_on_fat16_and_fat32() {
             label: "resin-boot".into(),
             volume_id: 0x1234_5678,
             fat32,
+            bytes_per_cluster: None,
         };
         format_fat(disk.region(0, size), &opts).unwrap();
         assert_eq!(
@@ -192,6 +193,7 @@ fn a_bad_label_is_refused_before_writing() {
         label: "much-too-long-label".into(),
         volume_id: 0,
         fat32: false,
+        bytes_per_cluster: None,
     };
     let err = format_fat(disk.region(0, 8 * MIB), &opts).unwrap_err();
     assert_eq!(

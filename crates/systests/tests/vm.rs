@@ -125,7 +125,16 @@ fn default_image_boots_to_ssh_from_root_a() {
         data_bytes > 4 << 30,
         "resin-data should have grown into the 8 GiB disk, is {data_bytes} bytes"
     );
-    let fs_bytes: u64 = vm.run_ok("dumpe2fs -h /dev/disk/by-partlabel/resin-data 2>/dev/null | awk -F: '/^Block count/ {b=$2} /^Block size/ {s=$2} END {print b*s}'").unwrap().trim().parse().unwrap();
+    let header = vm
+        .run_ok("dumpe2fs -h /dev/disk/by-partlabel/resin-data 2>/dev/null")
+        .unwrap();
+    let field = |name: &str| -> u64 {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in dumpe2fs output:\n{header}"))
+    };
+    let fs_bytes = field("Block count:") * field("Block size:");
     assert!(
         fs_bytes + (8 << 20) >= data_bytes,
         "resin-data filesystem ({fs_bytes}) should fill its partition ({data_bytes})"

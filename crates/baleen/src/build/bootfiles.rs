@@ -9,14 +9,14 @@ pub const LOGO: &[u8] = include_bytes!("../../../../assets/balena-logo.png");
 
 /// `config.json` as a fresh image carries it: keys sorted as `jq -S` writes them.
 pub fn config_json(config: &BuildConfig) -> String {
-    let mut map = serde_json::Map::new();
-    map.insert("deviceType".into(), config.device.slug.clone().into());
+    // A BTreeMap: serde_json keeps insertion order (preserve_order); jq -S sorts.
+    let mut map = std::collections::BTreeMap::<&str, serde_json::Value>::new();
+    map.insert("deviceType", config.device.slug.clone().into());
     if config.development {
-        map.insert("developmentMode".into(), true.into());
+        map.insert("developmentMode", true.into());
     }
-    map.insert("persistentLogging".into(), false.into());
-    let mut text =
-        serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("config serializes");
+    map.insert("persistentLogging", false.into());
+    let mut text = serde_json::to_string_pretty(&map).expect("config serializes");
     text.push('\n');
     text
 }

@@ -27,7 +27,15 @@ pub struct FatFormat {
     pub volume_id: u32,
     /// FAT32 instead of letting the size decide (FAT16 for the 100 MiB boot partition).
     pub fat32: bool,
+    /// Cluster size in bytes; `None` lets the size decide.
+    pub bytes_per_cluster: Option<u32>,
 }
+
+/// Cluster size of the boot filesystem. Firmware FAT drivers read a file a
+/// cluster at a time: with the default 2 KiB, OVMF needs ~2.5 s under
+/// emulation to load a 13 MB unified kernel image; 16 KiB clusters cut the
+/// requests eightfold. 100 MiB / 16 KiB = 6400 clusters: still FAT16.
+pub const BOOT_CLUSTER_BYTES: u32 = 16 * 1024;
 
 impl FatFormat {
     /// The balenaOS boot filesystem: label `resin-boot`, FAT type by size.
@@ -36,6 +44,7 @@ impl FatFormat {
             label: BOOT_LABEL.to_string(),
             volume_id,
             fat32: false,
+            bytes_per_cluster: Some(BOOT_CLUSTER_BYTES),
         }
     }
 }
@@ -52,6 +61,9 @@ pub fn format_fat<S: ReadWriteSeek>(region: S, opts: &FatFormat) -> Result<()> {
         .volume_label(label);
     if opts.fat32 {
         options = options.fat_type(FatType::Fat32);
+    }
+    if let Some(bytes) = opts.bytes_per_cluster {
+        options = options.bytes_per_cluster(bytes);
     }
     fatfs::format_volume(region, options).ctx(action)
 }
