@@ -98,8 +98,10 @@ pub const TOOLS: [&str; 4] = [
     "/sbin/fsck.fat",
 ];
 
-/// What goes into the boot stage's initramfs.
+/// What goes into one of `baleen-boot`'s initramfs images.
 pub struct Spec<'a> {
+    /// The boot stage in the unified kernel image, or a root's own initrd.
+    pub role: bootstage::Role,
     /// The target root filesystem (staging tree).
     pub root: &'a Path,
     /// The `baleen-boot` binary (static).
@@ -168,7 +170,11 @@ pub fn assemble(spec: &Spec) -> Result<Initramfs> {
         module_waves.push(targets);
     }
 
-    let mut programs: Vec<&str> = TOOLS.to_vec();
+    // The root role only mounts a filesystem the boot stage already checked.
+    let mut programs: Vec<&str> = match spec.role {
+        bootstage::Role::Stage => TOOLS.to_vec(),
+        bootstage::Role::Root => Vec::new(),
+    };
     let busybox = spec.development && bootstage::resolve_in_root(spec.root, "bin/busybox").is_ok();
     if busybox {
         programs.push("/bin/busybox");
@@ -184,6 +190,7 @@ pub fn assemble(spec: &Spec) -> Result<Initramfs> {
     }
 
     let config = StageConfig {
+        role: spec.role,
         os_version: spec.os_version.clone(),
         device: spec.device.clone(),
         development: spec.development,

@@ -20,6 +20,8 @@ pub const CONFIG_PATH: &str = "/etc/baleen-boot.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
+    /// What this initramfs is for.
+    pub role: Role,
     /// HOSTOS_VERSION of the image that built this boot stage.
     pub os_version: String,
     /// Device type slug.
@@ -36,6 +38,17 @@ pub struct StageConfig {
     pub root_cmdline: String,
 }
 
+/// The two initramfs `baleen-boot` runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// In the unified kernel image on `resin-boot`: pick the root and kexec its kernel.
+    Stage,
+    /// In a root's `/boot/baleen-initrd.img`, started by that kexec: mount the
+    /// root named by `root=UUID=` read-only and hand over to its init.
+    Root,
+}
+
 /// The unified kernel image's command line for a root command line.
 pub fn stage_cmdline(root_cmdline: &str) -> String {
     let words = cmdline::split(root_cmdline);
@@ -49,7 +62,10 @@ pub fn stage_cmdline(root_cmdline: &str) -> String {
 /// Paths of the root's kernel and initrd, relative to the root (build-made
 /// relative symlinks to the versioned files).
 pub const ROOT_KERNEL: &str = "boot/vmlinuz";
-pub const ROOT_INITRD: &str = "boot/initrd.img";
+/// baleen's own initrd for the root's kernel (role [`Role::Root`]).
+pub const ROOT_INITRD: &str = "boot/baleen-initrd.img";
+/// Debian's initrd, used when a root has no baleen initrd.
+pub const ROOT_DEBIAN_INITRD: &str = "boot/initrd.img";
 
 /// Why a path inside a root could not be resolved.
 #[derive(Debug, thiserror::Error)]

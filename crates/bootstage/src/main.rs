@@ -2,6 +2,7 @@
 
 mod firstboot;
 mod log;
+mod rootmode;
 mod stage;
 mod sys;
 
@@ -32,7 +33,10 @@ fn main() {
         {
             shell(&log);
         }
-        stage::boot(&log, &config)
+        match config.role {
+            bootstage::Role::Stage => stage::boot(&log, &config),
+            bootstage::Role::Root => rootmode::boot(&log, &config),
+        }
     });
     let Err(e) = result;
     {

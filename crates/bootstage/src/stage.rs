@@ -121,7 +121,7 @@ fn slot_label(slot: Slot) -> &'static str {
     }
 }
 
-fn load_modules(log: &Log, waves: &[Vec<String>]) {
+pub fn load_modules(log: &Log, waves: &[Vec<String>]) {
     let started = Instant::now();
     let mut loaded = 0;
     for wave in waves {
@@ -312,7 +312,9 @@ fn prepare_root(log: &Log, disk: &Disk, slot: Slot, root_cmdline: &str) -> Resul
     )
     .with_context(|| format!("mounting {} ({label}) read-only", part.dev.display()))?;
     let kernel = bootstage::resolve_in_root(Path::new(SYSROOT), bootstage::ROOT_KERNEL)?;
-    let initrd = bootstage::resolve_in_root(Path::new(SYSROOT), bootstage::ROOT_INITRD).ok();
+    let initrd = bootstage::resolve_in_root(Path::new(SYSROOT), bootstage::ROOT_INITRD)
+        .or_else(|_| bootstage::resolve_in_root(Path::new(SYSROOT), bootstage::ROOT_DEBIAN_INITRD))
+        .ok();
     let cmdline = cmdline::for_root(root_cmdline, &uuid, &[]);
     let kernel_file =
         File::open(&kernel).with_context(|| format!("opening {}", kernel.display()))?;

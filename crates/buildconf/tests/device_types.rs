@@ -95,12 +95,8 @@ fn qemux86_64() {
         [
             "virtio_pci",
             "virtio_blk",
-            "virtio_scsi",
-            "sd_mod",
+            "crc32c_generic",
             "ext4",
-            "vfat",
-            "nls_cp437",
-            "nls_ascii",
             "efivarfs"
         ]
     );

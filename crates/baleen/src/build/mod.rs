@@ -223,7 +223,8 @@ fn build_in(
         .iter()
         .map(|m| m.as_str().to_string())
         .collect();
-    let initramfs = bootimage::archive::assemble(&bootimage::archive::Spec {
+    let spec = |role| bootimage::archive::Spec {
+        role,
         root: &staging,
         stage_binary,
         os_version: version.clone(),
@@ -231,7 +232,13 @@ fn build_in(
         development: config.development,
         modules: &modules,
         root_cmdline: config.kernel_cmdline(),
-    })?;
+    };
+    // The root's own initrd first: it lives in the root filesystem, next to
+    // the kernel it belongs to.
+    let root_initrd = bootimage::archive::assemble(&spec(bootstage::Role::Root))?;
+    let root_initrd_path = staging.join(bootstage::ROOT_INITRD);
+    root_initrd.write_compressed(std::fs::File::create(&root_initrd_path)?)?;
+    let initramfs = bootimage::archive::assemble(&spec(bootstage::Role::Stage))?;
     let initrd = work.join("initramfs.cpio");
     initramfs.write_compressed(std::fs::File::create(&initrd)?)?;
     let kernel_version = bootimage::modules::kernel_version(&staging)?;
