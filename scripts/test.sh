@@ -24,6 +24,7 @@ step "test images"
 export BALEEN_TEST_IMAGES="$PWD/target/systests/images"
 "$BALEEN_BIN" build --config tests/build-dev.toml --out "$BALEEN_TEST_IMAGES/dev"
 "$BALEEN_BIN" build --config tests/build-prod.toml --out "$BALEEN_TEST_IMAGES/prod"
+"$BALEEN_BIN" build --config tests/build-trixie.toml --out "$BALEEN_TEST_IMAGES/trixie"
 
 step "image and VM tests"
 cargo test --locked -p systests -- --test-threads=1

@@ -22,7 +22,7 @@ pub const DEVICE: &str = "qemux86-64";
 
 /// The image variants `scripts/test.sh` builds: `tests/build-dev.toml` and
 /// `tests/build-prod.toml`.
-pub const VARIANTS: [&str; 2] = ["dev", "prod"];
+pub const VARIANTS: [&str; 3] = ["dev", "prod", "trixie"];
 
 const HOW_TO_RUN: &str = "the image and VM suites test the binaries and images that \
      scripts/test.sh builds: run scripts/test.sh as root, or build them the way it does and \

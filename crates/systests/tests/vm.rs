@@ -152,6 +152,40 @@ fn default_image_boots_to_ssh_from_root_a() {
 }
 
 #[test]
+fn trixie_image_boots_to_ssh() {
+    let mut vm = Vm::builder("trixie")
+        .base_image(systests::test_image("trixie"))
+        .overlay_size(8 << 30)
+        .start()
+        .unwrap();
+    vm.wait_for_ssh(SSH_WAIT).unwrap();
+    let os_release = vm.run_ok("cat /etc/os-release").unwrap();
+    assert!(
+        os_release
+            .lines()
+            .any(|l| l == "BALEEN_DEBIAN_RELEASE=trixie"),
+        "{os_release}"
+    );
+    let debian = vm.run_ok("cat /etc/debian_version").unwrap();
+    assert!(
+        debian.starts_with("13"),
+        "Debian 13 (trixie) expected, got {debian}"
+    );
+    assert_eq!(
+        cmdline_root_uuid(&vm),
+        blkid_uuid(&vm, "/dev/disk/by-partlabel/resin-rootA")
+    );
+    let fingerprint = vm.run("md5sum --quiet -c /balenaos.fingerprint").unwrap();
+    assert!(
+        fingerprint.success(),
+        "fingerprint check failed: {}{}",
+        fingerprint.stdout,
+        fingerprint.stderr
+    );
+    vm.mark_passed();
+}
+
+#[test]
 fn empty_slot_b_with_update_pending_falls_back_to_a() {
     let dir = scratch("fallback");
     let image = systests::copy_image(&systests::test_image("dev"), &dir);
