@@ -185,3 +185,76 @@ fn build_names_the_debian_package_of_a_missing_tool() {
         attempt.outcome
     );
 }
+
+/// `baleen build` with the shared root filesystem cache (a hit: only read),
+/// for refusals that happen after the root filesystem is unpacked.
+fn build_with_shared_cache(out: &Path, extra: &[&str]) -> BuildAttempt {
+    let dir = scratch();
+    let config = dir.path().join("build.toml");
+    std::fs::write(&config, dev_build_file()).expect("writing build.toml");
+    let mut cmd = Command::new(baleen_bin());
+    cmd.arg("build")
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    BuildAttempt {
+        outcome: run(&mut cmd),
+        out: out.to_owned(),
+        config,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn build_refuses_a_root_partition_too_small_for_the_root_filesystem() {
+    let dir = scratch();
+    let devices = dir.path().join("devices");
+    std::fs::create_dir_all(&devices).unwrap();
+    let original =
+        std::fs::read_to_string(workspace_root().join("devices/qemux86-64.toml")).unwrap();
+    assert!(
+        original.contains("root_size_mib = 1024"),
+        "devices/qemux86-64.toml changed its root size"
+    );
+    let small = original.replace("root_size_mib = 1024", "root_size_mib = 100");
+    std::fs::write(devices.join("qemux86-64.toml"), small).unwrap();
+    let out = dir.path().join("out");
+    let attempt = build_with_shared_cache(&out, &["--devices-dir", &devices.to_string_lossy()]);
+    attempt.assert_refused(&["resin-rootA is 100 MiB", "raise root_size_mib"]);
+}
+
+/// A tmpfs mounted for one test, unmounted however the test ends.
+struct SmallMount(PathBuf);
+
+impl Drop for SmallMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn build_on_a_full_disk_fails_cleanly() {
+    let dir = scratch();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=300m",
+            "baleen-test-full",
+            &out.to_string_lossy(),
+        ])
+        .status()
+        .expect("running mount");
+    assert!(
+        mounted.success(),
+        "mounting a 300 MiB tmpfs for the test (needs root)"
+    );
+    let _mount = SmallMount(out.clone());
+    let attempt = build_with_shared_cache(&out, &[]);
+    attempt.assert_refused(&["No space left on device"]);
+}
