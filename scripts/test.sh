@@ -27,6 +27,6 @@ export BALEEN_TEST_IMAGES="$PWD/target/systests/images"
 "$BALEEN_BIN" build --config tests/build-trixie.toml --out "$BALEEN_TEST_IMAGES/trixie"
 
 step "image and VM tests"
-cargo test --locked -p systests -- --test-threads=1
+cargo test --locked --no-fail-fast -p systests -- --test-threads=1
 
 step "done"

@@ -44,10 +44,20 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     let own_cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let params = cmdline::parse(&own_cmdline);
 
-    load_modules(log, &config.module_waves);
-    mount_efivars();
-    let disk = wait_for_boot_disk(log, Duration::from_secs(params.root_timeout_secs))?;
+    // Modules load on their own thread while the disk is searched for (the
+    // search waits for the disk to appear anyway); mounting needs them all.
+    std::thread::scope(|scope| {
+        let modules = scope.spawn(|| load_modules(log, &config.module_waves));
+        mount_efivars(&modules);
+        let disk = wait_for_boot_disk(log, Duration::from_secs(params.root_timeout_secs))?;
+        if modules.join().is_err() {
+            log.info("the module loader thread panicked");
+        }
+        boot_from(log, config, disk)
+    })
+}
 
+fn boot_from(log: &Log, config: &StageConfig, disk: Disk) -> Result<Infallible> {
     let boot_dev = disk
         .partition(BOOT_LABEL)
         .map(|p| p.dev.clone())
@@ -161,15 +171,26 @@ pub fn load_modules(log: &Log, waves: &[Vec<String>]) {
     ));
 }
 
-fn mount_efivars() {
-    if Path::new("/sys/firmware/efi").exists() {
-        let _ = sys::mount(
+/// Mounts efivarfs once its module is in, so the firmware's evidence about the
+/// boot disk can be read; gives up when the loader is done and it still fails.
+fn mount_efivars(modules: &std::thread::ScopedJoinHandle<'_, ()>) {
+    if !Path::new("/sys/firmware/efi").exists() {
+        return;
+    }
+    loop {
+        let done = modules.is_finished();
+        match sys::mount(
             "efivarfs",
             Path::new(EFIVARS),
             "efivarfs",
             libc::MS_NOSUID | libc::MS_RDONLY,
             "",
-        );
+        ) {
+            Ok(()) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
+            Err(_) if done => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
     }
 }
 
