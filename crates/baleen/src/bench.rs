@@ -76,6 +76,7 @@ fn bench_build(config: Option<PathBuf>, out: PathBuf) -> Result<()> {
 
 /// Timings of one boot, seconds since QEMU started.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BootTimes {
     pub chain: String,
     pub boot: String,
@@ -154,7 +155,6 @@ fn measure(vm: &mut vmharness::Vm, chain: &str, boot: &str) -> Result<BootTimes>
     })
 }
 
-/// Boots an image twice (first boot, then a cold restart) and times both.
 /// Boots an image twice (first boot, then a cold restart) and times both;
 /// also returns the root kernel's command line as the device saw it.
 fn time_boots(image: &Path, chain: &str) -> Result<(Vec<BootTimes>, String)> {

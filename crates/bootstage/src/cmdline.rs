@@ -70,10 +70,7 @@ pub fn parse(cmdline: &str) -> BootParams {
 /// on: they describe how this kernel was started, not the next one.
 fn is_stage_only(word: &str) -> bool {
     let key = word.split_once('=').map_or(word, |(k, _)| k);
-    matches!(
-        key,
-        "root" | "ro" | "rw" | "initrd" | "BOOT_IMAGE" | "roottimeout"
-    ) || key.starts_with("baleen.")
+    matches!(key, "root" | "ro" | "rw" | "initrd" | "BOOT_IMAGE") || key.starts_with("baleen.")
 }
 
 /// The command line of the root's kernel: the boot stage's own words minus

@@ -79,7 +79,6 @@ fn md5_file(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Writes `/balenaos.fingerprint` into a root.
 /// Whether `rel` is named in `exclude`, or lies under an entry ending in `/`.
 pub fn is_excluded(rel: &str, exclude: &[&str]) -> bool {
     exclude

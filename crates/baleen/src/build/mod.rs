@@ -97,6 +97,11 @@ fn step(started: Instant, what: &str) {
 pub fn build(args: &Args) -> Result<Built> {
     let started = Instant::now();
     let config = load_config(args)?;
+    // Refuse what cannot boot before the long work, not after it.
+    let arch = config.device.arch.debian();
+    if bootimage::uki::stub_path(arch).is_none() {
+        return Err(bootimage::Error::NoEfiStub(arch.to_string()).into());
+    }
     let exe = std::env::current_exe().context("locating the baleen binary")?;
     let stage_binary = args
         .boot_stage
