@@ -104,18 +104,9 @@ impl fmt::Display for DeviceState {
     }
 }
 
-/// Partition sizes in MiB, each a positive multiple of [`PARTITION_ALIGNMENT_MIB`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionSizes {
-    /// `resin-boot`.
-    pub boot_mib: u64,
-    /// Each of `resin-rootA` and `resin-rootB`.
-    pub root_mib: u64,
-    /// `resin-state`.
-    pub state_mib: u64,
-    /// `resin-data` in the image (the boot stage grows it to fill the disk).
-    pub data_mib: u64,
-}
+/// Partition sizes in MiB, each a positive multiple of [`PARTITION_ALIGNMENT_MIB`]:
+/// the image layout's own type, validated here.
+pub use diskimage::PartitionSizes;
 
 /// A kernel module name, `[a-z0-9_-]+` (as `modprobe` takes it, without `.ko`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

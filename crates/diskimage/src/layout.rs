@@ -31,9 +31,13 @@ pub const LINUX_FS_TYPE: Uuid = Uuid::from_u128(0x0FC63DAF_8483_4772_8E79_3D69D8
 /// Requested partition sizes in MiB; root A and root B are the same size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionSizes {
+    /// `resin-boot`.
     pub boot_mib: u64,
+    /// Each of `resin-rootA` and `resin-rootB`.
     pub root_mib: u64,
+    /// `resin-state`.
     pub state_mib: u64,
+    /// `resin-data` in the image (the boot stage grows it to fill the disk).
     pub data_mib: u64,
 }
 

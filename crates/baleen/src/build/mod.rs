@@ -275,13 +275,7 @@ fn build_in(
     let rootfs_bytes = assemble::tree_bytes(&staging)?;
 
     step(started, "disk image");
-    let s = &config.device.sizes;
-    let layout = diskimage::Layout::compute(&diskimage::PartitionSizes {
-        boot_mib: s.boot_mib,
-        root_mib: s.root_mib,
-        state_mib: s.state_mib,
-        data_mib: s.data_mib,
-    });
+    let layout = diskimage::Layout::compute(&config.device.sizes);
     let parts = assemble::write_image(partial, &layout, &staging, &boot_tree)?;
 
     step(started, "checksum");
