@@ -23,16 +23,36 @@ pub fn read_config() -> Result<StageConfig> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", bootstage::CONFIG_PATH))
 }
 
+/// The pseudo filesystems PID 1 mounts, with the flags and options systemd
+/// expects to find when they are handed over to the root (`/run` must not be
+/// world-writable: sshd's StrictModes refuses keys below such a directory).
+pub const EARLY_MOUNTS: [(&str, &str, libc::c_ulong, &str); 4] = [
+    (
+        "proc",
+        "/proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    ),
+    (
+        "sysfs",
+        "/sys",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    ),
+    ("devtmpfs", "/dev", libc::MS_NOSUID, "mode=0755"),
+    (
+        "tmpfs",
+        "/run",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    ),
+];
+
 /// Mounts the pseudo filesystems PID 1 needs.
 pub fn early_mounts() -> Result<()> {
-    for (src, target, fstype) in [
-        ("proc", "/proc", "proc"),
-        ("sysfs", "/sys", "sysfs"),
-        ("devtmpfs", "/dev", "devtmpfs"),
-        ("tmpfs", "/run", "tmpfs"),
-    ] {
+    for (fstype, target, flags, data) in EARLY_MOUNTS {
         std::fs::create_dir_all(target)?;
-        match sys::mount(src, Path::new(target), fstype, libc::MS_NOSUID, "") {
+        match sys::mount(fstype, Path::new(target), fstype, flags, data) {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
             r => r.with_context(|| format!("mounting {fstype} on {target}"))?,
         }
