@@ -404,3 +404,56 @@ fn baleen_run_boots_the_image_and_ends_with_the_guest() {
         "the image itself was written"
     );
 }
+
+/// A development image whose root cannot be booted says why on the console
+/// and offers the boot stage's shell instead of hanging.
+#[test]
+fn unbootable_development_image_drops_to_a_shell() {
+    let dir = scratch("no-kernel");
+    let image = systests::copy_image(&systests::test_image("dev"), &dir);
+    let parts = diskimage::read_partition_table(&image).unwrap();
+    let root_a = diskimage::find_partition(&parts, "resin-rootA", &image)
+        .unwrap()
+        .clone();
+    let target = format!("{}?offset={}", image.display(), root_a.offset_bytes);
+    let removed = std::process::Command::new("debugfs")
+        .args(["-w", "-R", "rm /boot/vmlinuz"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        removed.status.success(),
+        "debugfs: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+
+    let mut vm = Vm::builder("no-kernel")
+        .disk(&image, vmharness::DiskFormat::Raw)
+        .persist(true)
+        .start()
+        .unwrap();
+    vm.wait_for_serial("baleen-boot: [", SSH_WAIT).unwrap();
+    let failed = vm
+        .wait_for_serial("FAILED: no bootable root", Duration::from_secs(300))
+        .unwrap();
+    assert!(
+        failed.text.contains("slot A"),
+        "the failure names the slot: {}",
+        failed.text
+    );
+    assert!(
+        vm.serial_contains("/boot/vmlinuz not found in the root"),
+        "the cause is logged"
+    );
+    vm.wait_for_serial(
+        "development image: starting a shell",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    vm.wait_for_serial("baleen-boot# ", Duration::from_secs(60))
+        .unwrap();
+    vm.power_cut().unwrap();
+    vm.mark_passed();
+    drop(vm);
+    let _ = std::fs::remove_dir_all(dir);
+}
