@@ -8,10 +8,29 @@ use vmharness::Vm;
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = vmharness::log_root().join(format!("scratch-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch folder for one test, under the VM log root; removed when the
+/// test passes (kept for a look when it fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = vmharness::log_root().join(format!("scratch-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// A sparse copy of a test image, for tests that change it before boot.
+    fn copy_of(&self, variant: &str) -> PathBuf {
+        systests::copy_image(&systests::test_image(variant), &self.0)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// The UUID the kernel was told to mount as root.
@@ -193,8 +212,8 @@ fn trixie_image_boots_to_ssh() {
 
 #[test]
 fn empty_slot_b_with_update_pending_falls_back_to_a() {
-    let dir = scratch("fallback");
-    let image = systests::copy_image(&systests::test_image("dev"), &dir);
+    let scratch = Scratch::new("fallback");
+    let image = scratch.copy_of("dev");
     set_bootenv(&image, bootenv::Slot::B, true, 0);
     let mut vm = Vm::builder("fallback")
         .disk(&image, vmharness::DiskFormat::Raw)
@@ -244,14 +263,12 @@ fn empty_slot_b_with_update_pending_falls_back_to_a() {
         blkid_uuid(&vm, "/dev/disk/by-partlabel/resin-rootA")
     );
     vm.mark_passed();
-    drop(vm);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn second_disk_with_the_same_labels_is_ignored() {
-    let dir = scratch("second-disk");
-    let copy = systests::copy_image(&systests::test_image("dev"), &dir);
+    let scratch = Scratch::new("second-disk");
+    let copy = scratch.copy_of("dev");
     let mut vm = Vm::builder("second-disk")
         .base_image(systests::test_image("dev"))
         .overlay_size(8 << 30)
@@ -286,17 +303,16 @@ fn second_disk_with_the_same_labels_is_ignored() {
         "boot stage chose another disk"
     );
     vm.mark_passed();
-    drop(vm);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn production_image_admits_the_key_from_config_json_only() {
-    let dir = scratch("prod-key");
+    let scratch = Scratch::new("prod-key");
+    let dir = scratch.0.clone();
     let (key, public) = vmharness::ssh_keygen(&dir).unwrap();
     std::fs::create_dir_all(dir.join("other")).unwrap();
     let (_other_key, _) = vmharness::ssh_keygen(&dir.join("other")).unwrap();
-    let image = systests::copy_image(&systests::test_image("prod"), &dir);
+    let image = scratch.copy_of("prod");
     let config = serde_json::json!({
         "deviceType": "qemux86-64",
         "persistentLogging": false,
@@ -339,8 +355,6 @@ fn production_image_admits_the_key_from_config_json_only() {
         "a key not in config.json must be refused"
     );
     vm.mark_passed();
-    drop(vm);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `baleen run`, as the README's main command uses it: boots the image with
@@ -409,8 +423,8 @@ fn baleen_run_boots_the_image_and_ends_with_the_guest() {
 /// and offers the boot stage's shell instead of hanging.
 #[test]
 fn unbootable_development_image_drops_to_a_shell() {
-    let dir = scratch("no-kernel");
-    let image = systests::copy_image(&systests::test_image("dev"), &dir);
+    let scratch = Scratch::new("no-kernel");
+    let image = scratch.copy_of("dev");
     let parts = diskimage::read_partition_table(&image).unwrap();
     let root_a = diskimage::find_partition(&parts, "resin-rootA", &image)
         .unwrap()
@@ -454,6 +468,4 @@ fn unbootable_development_image_drops_to_a_shell() {
         .unwrap();
     vm.power_cut().unwrap();
     vm.mark_passed();
-    drop(vm);
-    let _ = std::fs::remove_dir_all(dir);
 }
