@@ -91,11 +91,6 @@ pub struct BootTimes {
     pub total: f64,
 }
 
-/// When the first kernel started, seconds since QEMU started.
-struct BannerAt {
-    at: Duration,
-}
-
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 100.0).round() / 100.0
 }
@@ -135,7 +130,6 @@ fn measure(vm: &mut vmharness::Vm, chain: &str, boot: &str) -> Result<BootTimes>
                 .at
         }
     };
-    let banner = BannerAt { at: banner_at };
     let kexec = lines
         .iter()
         .find(|l| l.text.contains("baleen-boot:") && l.text.contains("kexec into slot"));
@@ -143,12 +137,12 @@ fn measure(vm: &mut vmharness::Vm, chain: &str, boot: &str) -> Result<BootTimes>
         let ms = l.text.split("boot stage work ").nth(1)?.split(' ').next()?;
         ms.parse::<f64>().ok().map(|ms| ms / 1000.0)
     });
-    let after = kexec.map_or(banner.at, |k| k.at);
+    let after = kexec.map_or(banner_at, |k| k.at);
     Ok(BootTimes {
         chain: chain.into(),
         boot: boot.into(),
-        firmware: secs(banner.at),
-        boot_stage: kexec.map(|k| secs(k.at - banner.at)),
+        firmware: secs(banner_at),
+        boot_stage: kexec.map(|k| secs(k.at - banner_at)),
         boot_stage_work: work,
         final_boot: secs(total - after),
         total: secs(total),

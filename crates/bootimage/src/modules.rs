@@ -179,24 +179,27 @@ pub fn read_uncompressed(path: &Path) -> Result<Vec<u8>> {
             source,
         });
     };
-    // Module files are binary: decompress into a temp file and read it back.
-    let tmp = std::env::temp_dir().join(format!(
-        "baleen-module-{}-{}",
-        std::process::id(),
-        module_name(&name)
-    ));
-    subprocess::Cmd::new("sh")
-        .package(package)
-        .args(["-c", &format!("command -v {tool} >/dev/null || {{ echo '{tool} not found: install the Debian package {package}' >&2; exit 127; }}; {tool} -dc \"$0\" > \"$1\"")])
-        .arg(path)
-        .arg(&tmp)
-        .run()?;
-    let bytes = std::fs::read(&tmp).map_err(|source| Error::Read {
-        path: tmp.clone(),
+    // Decompress a copy in place (`tool -d x.ko.xz` leaves `x.ko`) and read it.
+    let file_name = path.file_name().unwrap_or_default();
+    let dir = tempfile::tempdir().map_err(|source| Error::Write {
+        path: std::env::temp_dir(),
         source,
-    });
-    let _ = std::fs::remove_file(&tmp);
-    bytes
+    })?;
+    let copy = dir.path().join(file_name);
+    std::fs::copy(path, &copy).map_err(|source| Error::Write {
+        path: copy.clone(),
+        source,
+    })?;
+    subprocess::Cmd::new(tool)
+        .package(package)
+        .args(["-d", "-f"])
+        .arg(&copy)
+        .run()?;
+    let plain = copy.with_extension("");
+    std::fs::read(&plain).map_err(|source| Error::Read {
+        path: plain,
+        source,
+    })
 }
 
 /// Path of a module inside the initramfs (compression suffix dropped).
@@ -293,6 +296,17 @@ kernel/fs/nls/nls-cp437.ko:
             dep.closure(&["nosuch".into()], &builtin).unwrap_err(),
             "nosuch"
         );
+    }
+
+    #[test]
+    fn compressed_modules_are_unpacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.ko");
+        std::fs::write(&module, b"\x7fELF module").unwrap();
+        subprocess::Cmd::new("xz").arg(&module).run().unwrap();
+        let packed = dir.path().join("m.ko.xz");
+        assert_eq!(read_uncompressed(&packed).unwrap(), b"\x7fELF module");
+        assert!(packed.exists(), "the source module must stay as it is");
     }
 
     #[test]

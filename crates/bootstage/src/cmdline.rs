@@ -66,6 +66,13 @@ pub fn parse(cmdline: &str) -> BootParams {
     params
 }
 
+/// The UUID in `root=UUID=…`, lower-case.
+pub fn root_uuid(cmdline: &str) -> Option<String> {
+    split(cmdline)
+        .into_iter()
+        .find_map(|w| w.strip_prefix("root=UUID=").map(str::to_lowercase))
+}
+
 /// Words removed from the boot stage's own command line before it is handed
 /// on: they describe how this kernel was started, not the next one.
 fn is_stage_only(word: &str) -> bool {
@@ -89,6 +96,15 @@ pub fn for_root(own: &str, root_uuid: &str, extra: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_uuid_is_read_from_the_command_line() {
+        assert_eq!(
+            root_uuid("quiet root=UUID=BA1EADEF-1 ro").as_deref(),
+            Some("ba1eadef-1")
+        );
+        assert_eq!(root_uuid("root=/dev/vda2"), None);
+    }
 
     #[test]
     fn split_keeps_quoted_values() {

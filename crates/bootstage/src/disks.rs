@@ -118,6 +118,24 @@ pub fn select<'a>(
     Ok((candidates[0], Evidence::FirstOfIdentical))
 }
 
+/// The UUID of the ext4 filesystem on `dev`, lower-case.
+pub fn ext4_uuid(dev: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(dev)?;
+    let info = diskimage::read_ext4_superblock(&mut f).map_err(std::io::Error::other)?;
+    Ok(info.uuid.to_string())
+}
+
+/// The disk and partition carrying the ext4 filesystem `uuid`, if any.
+pub fn holding_ext4_uuid<'a>(disks: &'a [Disk], uuid: &str) -> Option<(&'a Disk, &'a Partition)> {
+    disks.iter().find_map(|disk| {
+        let part = disk
+            .partitions
+            .iter()
+            .find(|p| ext4_uuid(&p.dev).is_ok_and(|u| u == uuid))?;
+        Some((disk, part))
+    })
+}
+
 /// Whole disks the boot stage considers (no loop, ram, zram, device-mapper or md).
 pub fn is_candidate_disk_name(name: &str) -> bool {
     !["loop", "ram", "zram", "dm-", "md", "sr", "fd"]

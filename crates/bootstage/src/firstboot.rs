@@ -6,7 +6,7 @@ use crate::log::Log;
 use crate::sys;
 use anyhow::{Context, Result};
 use bootstage::disks::{BOOT_LABEL, Disk};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::Path;
 use std::time::Duration;
 use subprocess::Cmd;
@@ -29,10 +29,8 @@ pub const ALL_LABELS: [&str; 5] = [
 ];
 
 pub fn ext4_uuid(dev: &Path) -> Result<String> {
-    let mut f = File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
-    let info = diskimage::read_ext4_superblock(&mut f)
-        .with_context(|| format!("reading the ext4 superblock of {}", dev.display()))?;
-    Ok(info.uuid.to_string())
+    bootstage::disks::ext4_uuid(dev)
+        .with_context(|| format!("reading the ext4 filesystem UUID of {}", dev.display()))
 }
 
 /// Gives every filesystem of the boot disk a fresh UUID with the balena prefix,

@@ -8,36 +8,23 @@ use crate::stage;
 use crate::sys;
 use anyhow::{Context, Result, bail};
 use bootstage::StageConfig;
+use bootstage::disks;
 use std::convert::Infallible;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SYSROOT: &str = "/sysroot";
 
-/// The UUID in `root=UUID=…`.
-pub fn root_uuid(cmdline: &str) -> Option<String> {
-    bootstage::cmdline::split(cmdline)
-        .into_iter()
-        .find_map(|w| w.strip_prefix("root=UUID=").map(str::to_lowercase))
-}
-
 /// The partition device carrying the ext4 filesystem `uuid`.
 fn find_partition(uuid: &str) -> Option<std::path::PathBuf> {
-    let entries = std::fs::read_dir("/sys/class/block").ok()?;
-    entries.flatten().find_map(|e| {
-        if !e.path().join("partition").exists() {
-            return None;
-        }
-        let dev = Path::new("/dev").join(e.file_name());
-        let mut f = std::fs::File::open(&dev).ok()?;
-        let info = diskimage::read_ext4_superblock(&mut f).ok()?;
-        (info.uuid.to_string() == uuid).then_some(dev)
-    })
+    let found = disks::gather(Path::new("/sys/class/block"), Path::new("/dev"));
+    disks::holding_ext4_uuid(&found, uuid).map(|(_, part)| part.dev.clone())
 }
 
 pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
-    let uuid = root_uuid(&cmdline).context("no root=UUID= on the kernel command line")?;
+    let uuid = bootstage::cmdline::root_uuid(&cmdline)
+        .context("no root=UUID= on the kernel command line")?;
     stage::load_modules(log, &config.module_waves);
     let timeout = Duration::from_secs(bootstage::cmdline::parse(&cmdline).root_timeout_secs);
     let deadline = Instant::now() + timeout;
@@ -96,18 +83,4 @@ fn switch_root(new_root: &Path) -> anyhow::Error {
     let err =
         std::os::unix::process::CommandExt::exec(&mut std::process::Command::new("/sbin/init"));
     anyhow::Error::new(err).context("executing /sbin/init of the root")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn root_uuid_is_read_from_the_command_line() {
-        assert_eq!(
-            root_uuid("quiet root=UUID=BA1EADEF-1 ro").as_deref(),
-            Some("ba1eadef-1")
-        );
-        assert_eq!(root_uuid("root=/dev/vda2"), None);
-    }
 }

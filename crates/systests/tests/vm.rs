@@ -320,17 +320,13 @@ fn production_image_admits_the_key_from_config_json_only() {
     });
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    let inject = std::process::Command::new(systests::baleen_bin())
-        .args(["config", "inject"])
-        .arg(&image)
-        .arg(&config_path)
-        .output()
-        .unwrap();
-    assert!(
-        inject.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inject.stderr)
-    );
+    let inject = systests::baleen([
+        "config".as_ref(),
+        "inject".as_ref(),
+        image.as_os_str(),
+        config_path.as_os_str(),
+    ]);
+    assert!(inject.success(), "{inject}");
 
     let mut vm = Vm::builder("prod-key")
         .disk(&image, vmharness::DiskFormat::Raw)
@@ -430,16 +426,12 @@ fn unbootable_development_image_drops_to_a_shell() {
         .unwrap()
         .clone();
     let target = format!("{}?offset={}", image.display(), root_a.offset_bytes);
-    let removed = std::process::Command::new("debugfs")
-        .args(["-w", "-R", "rm /boot/vmlinuz"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(
-        removed.status.success(),
-        "debugfs: {}",
-        String::from_utf8_lossy(&removed.stderr)
+    let removed = systests::run(
+        std::process::Command::new("debugfs")
+            .args(["-w", "-R", "rm /boot/vmlinuz"])
+            .arg(&target),
     );
+    assert!(removed.success(), "debugfs: {removed}");
 
     let mut vm = Vm::builder("no-kernel")
         .disk(&image, vmharness::DiskFormat::Raw)

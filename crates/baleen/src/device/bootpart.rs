@@ -7,13 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use subprocess::Cmd;
 
-/// The `root=UUID=` value of a kernel command line.
-pub fn root_uuid(cmdline: &str) -> Option<String> {
-    bootstage::cmdline::split(cmdline)
-        .into_iter()
-        .find_map(|w| w.strip_prefix("root=UUID=").map(str::to_lowercase))
-}
-
 /// Whether `target` is a mount point according to a mountinfo text.
 pub fn is_mounted(mountinfo: &str, target: &str) -> bool {
     mountinfo
@@ -25,25 +18,17 @@ pub fn is_mounted(mountinfo: &str, target: &str) -> bool {
 pub fn find_boot_partition(uuid: &str) -> Result<PathBuf> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for disk in disks::gather(Path::new("/sys/class/block"), Path::new("/dev")) {
-            let holds_root = disk.partitions.iter().any(|p| {
-                diskimage::read_ext4_superblock(&mut match std::fs::File::open(&p.dev) {
-                    Ok(f) => f,
-                    Err(_) => return false,
-                })
-                .is_ok_and(|info| info.uuid.to_string() == uuid)
-            });
-            if holds_root {
-                return disk
-                    .partition(BOOT_LABEL)
-                    .map(|p| p.dev.clone())
-                    .with_context(|| {
-                        format!(
-                            "disk {} holds the root but has no {BOOT_LABEL} partition",
-                            disk.dev.display()
-                        )
-                    });
-            }
+        let found = disks::gather(Path::new("/sys/class/block"), Path::new("/dev"));
+        if let Some((disk, _)) = disks::holding_ext4_uuid(&found, uuid) {
+            return disk
+                .partition(BOOT_LABEL)
+                .map(|p| p.dev.clone())
+                .with_context(|| {
+                    format!(
+                        "disk {} holds the root but has no {BOOT_LABEL} partition",
+                        disk.dev.display()
+                    )
+                });
         }
         if Instant::now() > deadline {
             bail!("no disk holds the root filesystem UUID={uuid} (from /proc/cmdline) after 30 s");
@@ -61,7 +46,8 @@ pub fn mount_boot(root: &Path) -> Result<PathBuf> {
         return Ok(target);
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
-    let uuid = root_uuid(&cmdline).context("/proc/cmdline has no root=UUID=")?;
+    let uuid =
+        bootstage::cmdline::root_uuid(&cmdline).context("/proc/cmdline has no root=UUID=")?;
     let dev = find_boot_partition(&uuid)?;
     Cmd::new("mount")
         .package("mount")
@@ -80,15 +66,6 @@ pub fn mount_boot(root: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn root_uuid_from_cmdline() {
-        assert_eq!(
-            root_uuid("console=ttyS0 root=UUID=BA1EADEF-1 ro").as_deref(),
-            Some("ba1eadef-1")
-        );
-        assert_eq!(root_uuid("root=/dev/vda2"), None);
-    }
 
     #[test]
     fn mountinfo_targets() {
