@@ -12,6 +12,9 @@ PACKAGES=(
   openssh-client                         # SSH into test VMs
   grub-efi-amd64-bin grub-common         # the GRUB chain `baleen bench boot` compares against
   iproute2                               # network namespaces for VM tests
+  dnsmasq-base                           # LAN tests: DHCP server in the namespace (no service)
+  avahi-daemon avahi-utils dbus-daemon   # LAN tests: mDNS browser on a private system bus
+  util-linux isc-dhcp-client             # unshare/nsenter; dhclient for the LAN self-test
   ca-certificates curl build-essential pkg-config
 )
 

@@ -149,6 +149,59 @@ fn measure(vm: &mut vmharness::Vm, chain: &str, boot: &str) -> Result<BootTimes>
     })
 }
 
+/// How long the device is left alone before its footprint is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(30);
+
+/// What a booted, idle device runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Footprint {
+    processes: usize,
+    used_mib: u64,
+    baleen_processes: usize,
+    baleen_rss_kib: u64,
+}
+
+/// Reads `ps -eo rss=,comm=` and the `Mem:` used column of `free -m`.
+fn parse_footprint(ps: &str, free: &str) -> Footprint {
+    let mut fp = Footprint {
+        processes: 0,
+        used_mib: 0,
+        baleen_processes: 0,
+        baleen_rss_kib: 0,
+    };
+    for line in ps.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(rss), Some(comm)) = (words.next(), words.next()) else {
+            continue;
+        };
+        // Kernel threads have no RSS and are not the device's processes.
+        let rss: u64 = rss.parse().unwrap_or(0);
+        if rss == 0 {
+            continue;
+        }
+        fp.processes += 1;
+        if comm.starts_with("baleen") {
+            fp.baleen_processes += 1;
+            fp.baleen_rss_kib += rss;
+        }
+    }
+    fp.used_mib = free
+        .lines()
+        .find(|l| l.starts_with("Mem:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    fp
+}
+
+fn footprint(vm: &vmharness::Vm) -> Result<Footprint> {
+    std::thread::sleep(IDLE_SETTLE);
+    // The measuring SSH session (sshd, shell, ps) is counted too.
+    let ps = vm.run_ok("ps -eo rss=,comm=")?;
+    let free = vm.run_ok("free -m")?;
+    Ok(parse_footprint(&ps, &free))
+}
+
 /// Boots an image twice (first boot, then a cold restart) and times both;
 /// also returns the root kernel's command line as the device saw it.
 fn time_boots(image: &Path, chain: &str) -> Result<(Vec<BootTimes>, String)> {
@@ -168,6 +221,15 @@ fn time_boots(image: &Path, chain: &str) -> Result<(Vec<BootTimes>, String)> {
     }
     vm.restart()?;
     let again = measure(&mut vm, chain, "again")?;
+    if chain == "baleen" {
+        let idle = footprint(&vm)?;
+        println!(
+            "idle device, {IDLE_SETTLE:?} after SSH answered: {} processes (with the measuring SSH \
+             session), {} MiB memory used; \
+             baleen's own resident processes: {} (RSS {} KiB)",
+            idle.processes, idle.used_mib, idle.baleen_processes, idle.baleen_rss_kib
+        );
+    }
     vm.mark_passed();
     vm.close()?;
     Ok((vec![first, again], cmdline.trim().to_string()))
@@ -317,5 +379,25 @@ pub mod grub {
             (f.len() >= 6 && f[2].starts_with("100") && f[5].starts_with(prefix))
                 .then(|| f[5].to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footprint_counts_user_processes_and_baleen_s_own() {
+        let ps = "  9000 systemd\n     0 kthreadd\n  1200 baleen\n  3000 sshd\n";
+        let free = "               total        used        free\nMem:             952         143         500\nSwap:            475           0         475\n";
+        assert_eq!(
+            parse_footprint(ps, free),
+            Footprint {
+                processes: 3,
+                used_mib: 143,
+                baleen_processes: 1,
+                baleen_rss_kib: 1200
+            }
+        );
     }
 }

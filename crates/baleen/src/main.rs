@@ -39,9 +39,21 @@ enum Command {
     /// Measure builds and boots; prints the figures.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Reboot the device once no application holds an update lock.
+    Reboot(RebootArgs),
     /// Device-side commands, run by baleen's systemd units.
     #[command(subcommand)]
     Device(DeviceCommand),
+}
+
+#[derive(clap::Args)]
+struct RebootArgs {
+    /// Give up waiting for update locks after SECS seconds (default: wait as long as they are held).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// With --timeout: reboot anyway when the locks are still held.
+    #[arg(long, requires = "timeout")]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -54,8 +66,18 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum DeviceCommand {
-    /// Write sshd's host key, authorized keys and access policy from config.json.
-    SshSetup,
+    /// Write sshd's host key, authorized keys, access policy and the development flag from config.json.
+    Access,
+    /// Write a uuid into config.json when it has none; set the hostname.
+    Identity,
+    /// udev helper: print by-state properties for DEVNODE if it is on the boot disk.
+    StateProbe { devnode: PathBuf, label: String },
+    /// Wipe the data partition when its remove_me_to_reset flag is missing.
+    DataReset,
+    /// Keep the journal on the data partition when persistentLogging is on.
+    PersistentLogs,
+    /// Start sshd.socket again if systemd stopped it.
+    RecoverSsh,
 }
 
 fn main() {
@@ -101,6 +123,20 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Run(args) => run::run(args),
         Command::Bench(command) => bench::run(command),
-        Command::Device(DeviceCommand::SshSetup) => device::ssh_setup(),
+        Command::Reboot(args) => device::reboot::safe_reboot(&device::reboot::RebootOptions {
+            lock_timeout: args.timeout.map(std::time::Duration::from_secs),
+            force: args.force,
+            ..Default::default()
+        }),
+        Command::Device(command) => match command {
+            DeviceCommand::Access => device::access(),
+            DeviceCommand::Identity => device::identity(),
+            DeviceCommand::StateProbe { devnode, label } => {
+                device::bystate::probe(&devnode, &label)
+            }
+            DeviceCommand::DataReset => device::data_reset(),
+            DeviceCommand::PersistentLogs => device::persistent_logs(),
+            DeviceCommand::RecoverSsh => device::recover_ssh(),
+        },
     }
 }

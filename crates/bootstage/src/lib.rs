@@ -9,6 +9,7 @@
 pub mod cmdline;
 pub mod disks;
 pub mod efi;
+pub mod state;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

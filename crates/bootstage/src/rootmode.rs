@@ -10,15 +10,19 @@ use anyhow::{Context, Result, bail};
 use bootstage::StageConfig;
 use bootstage::disks;
 use std::convert::Infallible;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const SYSROOT: &str = "/sysroot";
 
-/// The partition device carrying the ext4 filesystem `uuid`.
-fn find_partition(uuid: &str) -> Option<std::path::PathBuf> {
+/// The partition carrying the ext4 filesystem `uuid`, and its disk's state
+/// partition (never one on another disk).
+fn find_partition(uuid: &str) -> Option<(PathBuf, Option<PathBuf>)> {
     let found = disks::gather(Path::new("/sys/class/block"), Path::new("/dev"));
-    disks::holding_ext4_uuid(&found, uuid).map(|(_, part)| part.dev.clone())
+    disks::holding_ext4_uuid(&found, uuid).map(|(disk, part)| {
+        let state = disk.partition(layout::label::STATE).map(|p| p.dev.clone());
+        (part.dev.clone(), state)
+    })
 }
 
 pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
@@ -28,9 +32,9 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     stage::load_modules(log, &config.module_waves);
     let timeout = Duration::from_secs(bootstage::cmdline::parse(&cmdline).root_timeout_secs);
     let deadline = Instant::now() + timeout;
-    let dev = loop {
-        if let Some(dev) = find_partition(&uuid) {
-            break dev;
+    let (dev, state) = loop {
+        if let Some(found) = find_partition(&uuid) {
+            break found;
         }
         if Instant::now() > deadline {
             bail!(
@@ -50,9 +54,26 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     )
     .with_context(|| format!("mounting {} read-only", dev.display()))?;
     log.info(format!(
-        "root {} (UUID={uuid}) mounted read-only; starting its init",
+        "root {} (UUID={uuid}) mounted read-only",
         dev.display()
     ));
+    // Without its state the device still boots (volatile /etc paths): say
+    // why and go on rather than stop a device that can still be reached.
+    match state {
+        Some(state) => {
+            if let Err(e) = mount_state(log, &state) {
+                log.info(format!(
+                    "state partition {}: {e:#}; booting without it",
+                    state.display()
+                ));
+            }
+        }
+        None => log.info(format!(
+            "the root's disk has no {} partition; booting without state",
+            layout::label::STATE
+        )),
+    }
+    log.info("starting the root's init");
     Err(switch_root(Path::new(SYSROOT)))
 }
 
@@ -83,4 +104,53 @@ fn switch_root(new_root: &Path) -> anyhow::Error {
     let err =
         std::os::unix::process::CommandExt::exec(&mut std::process::Command::new("/sbin/init"));
     anyhow::Error::new(err).context("executing /sbin/init of the root")
+}
+
+/// Mounts the state partition at `/mnt/state` of the root, resets it when its
+/// flag is missing, and binds the machine id and the state-backed paths.
+fn mount_state(log: &Log, dev: &Path) -> Result<()> {
+    let sysroot = Path::new(SYSROOT);
+    let target = sysroot.join(layout::STATE_MOUNT.trim_start_matches('/'));
+    sys::mount(
+        &dev.to_string_lossy(),
+        &target,
+        "ext4",
+        libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV,
+        "",
+    )
+    .with_context(|| format!("mounting it at {}", layout::STATE_MOUNT))?;
+    let prepared = bootstage::state::prepare(&target, sysroot)
+        .with_context(|| format!("preparing {}", layout::STATE_MOUNT))?;
+    if prepared.reset {
+        sys::sync();
+        bootstage::state::finish_reset(&target).context("writing the reset flag")?;
+        log.info(format!(
+            "state: {} was missing: {}/{} wiped and re-seeded from the root",
+            layout::RESET_FLAG,
+            layout::STATE_MOUNT,
+            layout::ROOT_OVERLAY
+        ));
+    }
+    if prepared.new_machine_id {
+        log.info("state: new machine id");
+    }
+    for why in &prepared.skipped {
+        log.info(format!("state: {why}"));
+    }
+    let mut bound = 0;
+    for (source, target) in &prepared.binds {
+        match sys::mount(&source.to_string_lossy(), target, "", libc::MS_BIND, "") {
+            Ok(()) => bound += 1,
+            Err(e) => log.info(format!(
+                "state: binding {} over {}: {e}",
+                source.display(),
+                target.display()
+            )),
+        }
+    }
+    log.info(format!(
+        "state: {} mounted, {bound} paths bound",
+        dev.display()
+    ));
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! follows, the device binary and the SSH service on port 22222.
 
 use crate::osrelease::OsRelease;
+use crate::units;
 use crate::{Error, Result, write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
@@ -15,120 +16,31 @@ pub struct Customization<'a> {
     pub baleen_binary: &'a Path,
     /// Build time, `YYYYMMDDhhmmss` (UTC), for `/etc/timestamp`.
     pub timestamp: String,
-    pub development: bool,
 }
 
-/// Mount points on the read-only root (balenaOS's layout).
-pub const MOUNT_POINTS: [&str; 5] = [
-    "mnt/boot",
-    "mnt/state",
-    "mnt/data",
-    "mnt/sysroot/active",
-    "mnt/sysroot/inactive",
-];
-
-/// Debian units that make no sense on a read-only appliance root.
-pub const DISABLED_UNITS: [&str; 7] = [
-    "ssh.service",
-    "ssh.socket",
-    "apt-daily.timer",
-    "apt-daily-upgrade.timer",
-    "dpkg-db-backup.timer",
-    "e2scrub_all.timer",
-    "e2scrub_reap.service",
-];
-
-/// baleen's units enabled in every image.
-pub const ENABLED_UNITS: [&str; 2] = ["sshd.socket", "baleen-ssh.service"];
-
-/// Directories of the read-only root that live in memory (path, mode) until
-/// state partitions take over. Their image content is hidden at run time, so
-/// the fingerprint leaves them out.
-pub const VOLATILE: [(&str, &str); 5] = [
-    ("/tmp", "1777"),
-    ("/var/tmp", "1777"),
-    ("/var/log", "0755"),
-    ("/var/lib/NetworkManager", "0700"),
-    ("/var/lib/systemd", "0755"),
-];
-
-/// `/etc/fstab` for [`VOLATILE`].
-pub fn fstab() -> String {
-    let mut text =
-        String::from("# baleen: the root filesystem is read-only; these paths live in memory.\n");
-    for (path, mode) in VOLATILE {
-        text.push_str(&format!(
-            "tmpfs {path} tmpfs mode={mode},nosuid,nodev 0 0\n"
-        ));
-    }
-    text
-}
-
-/// Fingerprint exclusions for [`VOLATILE`]: `dir/` excludes what is under `dir`.
-pub fn volatile_excludes() -> Vec<String> {
-    VOLATILE
+/// Fingerprint exclusions: directories whose image content is hidden or
+/// replaced at run time (memory-backed, or kept on the state partition).
+/// `dir/` excludes what is under `dir`.
+pub fn runtime_excludes() -> Vec<String> {
+    let volatile = layout::VOLATILE
         .iter()
-        .map(|(path, _)| format!("{}/", path.trim_start_matches('/')))
-        .collect()
+        .map(|(path, _)| format!("{}/", path.trim_start_matches('/')));
+    let state = layout::STATE_PATHS.iter().map(|p| {
+        let rel = p.path.trim_start_matches('/');
+        match p.kind {
+            layout::Kind::Dir => format!("{rel}/"),
+            layout::Kind::File => rel.to_string(),
+        }
+    });
+    volatile.chain(state).collect()
 }
-
-/// sshd: everything device-specific (host keys, keys, policy) is rendered at
-/// boot into /run by `baleen device ssh-setup`.
-pub const SSHD_DROPIN: &str = "\
-# baleen: host keys and the access policy come from config.json at boot.
-Include /run/baleen/ssh/sshd_config
-";
-
-pub const SSHD_SOCKET: &str = "\
-[Unit]
-Description=SSH socket on port 22222 (baleen)
-Before=sockets.target
-ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
-
-[Socket]
-ListenStream=22222
-Accept=yes
-TriggerLimitIntervalSec=0
-
-[Install]
-WantedBy=sockets.target
-";
-
-pub const SSHD_SERVICE: &str = "\
-[Unit]
-Description=SSH session (baleen)
-Wants=baleen-ssh.service
-After=baleen-ssh.service
-
-[Service]
-ExecStart=-/usr/sbin/sshd -i
-StandardInput=socket
-StandardError=journal
-RuntimeDirectory=sshd
-RuntimeDirectoryMode=0755
-RuntimeDirectoryPreserve=yes
-";
-
-pub const BALEEN_SSH_SERVICE: &str = "\
-[Unit]
-Description=SSH host keys and access policy from config.json (baleen)
-After=local-fs.target systemd-udevd.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/bin/baleen device ssh-setup
-
-[Install]
-WantedBy=multi-user.target
-";
 
 pub fn apply(root: &Path, c: &Customization) -> Result<()> {
     identity(root, c)?;
     filesystem(root)?;
     install_binary(root, c.baleen_binary)?;
     kernel_links(root)?;
-    ssh(root, c.development)?;
+    ssh(root)?;
     units(root)?;
     Ok(())
 }
@@ -157,11 +69,37 @@ fn identity(root: &Path, c: &Customization) -> Result<()> {
 }
 
 fn filesystem(root: &Path) -> Result<()> {
-    for dir in MOUNT_POINTS {
+    let mut dirs: Vec<&str> = layout::MOUNT_POINTS.to_vec();
+    dirs.push("var/lib/docker");
+    for dir in dirs {
         let path = root.join(dir);
         std::fs::create_dir_all(&path).map_err(|source| Error::Write { path, source })?;
     }
-    replace_file(&root.join("etc/fstab"), fstab())?;
+    // Mount points for the state-backed paths the packages did not create.
+    for spec in layout::STATE_PATHS {
+        let path = root.join(spec.path.trim_start_matches('/'));
+        if path.symlink_metadata().is_ok() {
+            continue;
+        }
+        let made = match spec.kind {
+            layout::Kind::Dir => std::fs::create_dir_all(&path).and_then(|()| {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(spec.mode))
+            }),
+            layout::Kind::File => std::fs::write(&path, ""),
+        };
+        made.map_err(|source| Error::Write { path, source })?;
+    }
+    // D-Bus reads the machine id through this link (made by dbus's tmpfiles
+    // otherwise, which cannot write the read-only root).
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    if dbus_id.symlink_metadata().is_err() && root.join("var/lib/dbus").is_dir() {
+        symlink("/etc/machine-id", &dbus_id).map_err(|source| Error::Write {
+            path: dbus_id,
+            source,
+        })?;
+    }
+    // Debian's ifupdown bridge for NetworkManager; baleen has no ifupdown.
+    let _ = std::fs::remove_file(root.join("etc/NetworkManager/dispatcher.d/01-ifupdown"));
     if root.join("usr/sbin/NetworkManager").exists() {
         let resolv = root.join("etc/resolv.conf");
         let _ = std::fs::remove_file(&resolv);
@@ -211,7 +149,7 @@ fn kernel_links(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ssh(root: &Path, development: bool) -> Result<()> {
+fn ssh(root: &Path) -> Result<()> {
     let ssh_dir = root.join("etc/ssh");
     if let Ok(entries) = std::fs::read_dir(&ssh_dir) {
         for entry in entries.flatten() {
@@ -220,21 +158,15 @@ fn ssh(root: &Path, development: bool) -> Result<()> {
             }
         }
     }
-    replace_file(
-        &root.join("etc/ssh/sshd_config.d/00-baleen.conf"),
-        SSHD_DROPIN,
-    )?;
-    // Development images: root has an empty password (used only while no SSH
-    // keys are configured; sshd refuses it in production). Production: locked.
+    // Root has an empty password on every image, as on balenaOS: whether it
+    // may be used is development mode's decision at run time (sshd's policy
+    // and the console gettys), not the image's.
     let shadow_path = root.join("etc/shadow");
     let shadow = std::fs::read_to_string(&shadow_path).map_err(|source| Error::Read {
         path: shadow_path.clone(),
         source,
     })?;
-    replace_file(
-        &shadow_path,
-        set_root_password(&shadow, if development { "" } else { "*" }),
-    )?;
+    replace_file(&shadow_path, set_root_password(&shadow, ""))?;
     std::fs::set_permissions(&shadow_path, std::fs::Permissions::from_mode(0o640)).map_err(
         |source| Error::Write {
             path: shadow_path,
@@ -258,22 +190,21 @@ pub fn set_root_password(shadow: &str, hash: &str) -> String {
 }
 
 fn units(root: &Path) -> Result<()> {
-    let system = root.join("etc/systemd/system");
-    write(&system.join("sshd.socket"), SSHD_SOCKET)?;
-    write(&system.join("sshd@.service"), SSHD_SERVICE)?;
-    write(&system.join("baleen-ssh.service"), BALEEN_SSH_SERVICE)?;
+    for (rel, text) in units::FILES {
+        replace_file(&root.join(rel), text)?;
+    }
     let root_arg = format!("--root={}", root.display());
     Cmd::new("systemctl")
         .package("systemd")
         .arg(&root_arg)
         .arg("disable")
-        .args(DISABLED_UNITS)
+        .args(units::DISABLED_UNITS)
         .run()?;
     Cmd::new("systemctl")
         .package("systemd")
         .arg(&root_arg)
         .arg("enable")
-        .args(ENABLED_UNITS)
+        .args(units::ENABLED_UNITS)
         .run()?;
     Ok(())
 }
@@ -283,17 +214,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fstab_mounts_each_volatile_dir() {
-        assert_eq!(
-            fstab(),
-            "# baleen: the root filesystem is read-only; these paths live in memory.\n\
-             tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
-             tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n\
-             tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0\n\
-             tmpfs /var/lib/NetworkManager tmpfs mode=0700,nosuid,nodev 0 0\n\
-             tmpfs /var/lib/systemd tmpfs mode=0755,nosuid,nodev 0 0\n"
-        );
-        assert_eq!(volatile_excludes()[3], "var/lib/NetworkManager/");
+    fn runtime_excludes_cover_volatile_and_state_paths() {
+        let ex = runtime_excludes();
+        assert_eq!(ex[0], "tmp/");
+        assert!(ex.contains(&"var/log/".to_string()));
+        assert!(ex.contains(&"etc/hostname".to_string()));
+        assert!(ex.contains(&"var/lib/systemd/".to_string()));
+    }
+
+    #[test]
+    fn fstab_has_every_volatile_dir_and_mount_point() {
+        for (path, mode) in layout::VOLATILE {
+            assert!(units::FSTAB.contains(&format!("tmpfs {path} tmpfs mode={mode},")));
+        }
+        for mp in layout::MOUNT_POINTS {
+            assert!(units::FSTAB.contains(&format!(" /{mp} ")), "{mp}");
+        }
     }
 
     #[test]

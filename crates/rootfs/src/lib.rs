@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod customize;
 pub mod fingerprint;
 pub mod osrelease;
+pub mod units;
 
 use std::path::PathBuf;
 

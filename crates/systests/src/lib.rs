@@ -12,6 +12,8 @@
 //! Without them every fixture panics with a message saying how to get them:
 //! these suites never pass by testing nothing.
 
+pub mod lan;
+
 use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -182,4 +184,35 @@ where
     S: AsRef<OsStr>,
 {
     run(Command::new(baleen_bin()).args(args))
+}
+
+/// A scratch folder for one test, under the VM log root; removed when the
+/// test passes (kept for a look when it fails).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = vmharness::log_root().join(format!("scratch-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// A sparse copy of a test image, for tests that change it before boot.
+    pub fn copy_of(&self, variant: &str) -> PathBuf {
+        copy_image(&test_image(variant), &self.0)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }

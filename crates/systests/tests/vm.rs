@@ -2,36 +2,13 @@
 //! Each test boots a throwaway overlay (or a copy, when it changes the image
 //! before boot). Run by scripts/test.sh after it built the test images.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use vmharness::Vm;
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
 
-/// A scratch folder for one test, under the VM log root; removed when the
-/// test passes (kept for a look when it fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = vmharness::log_root().join(format!("scratch-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// A sparse copy of a test image, for tests that change it before boot.
-    fn copy_of(&self, variant: &str) -> PathBuf {
-        systests::copy_image(&systests::test_image(variant), &self.0)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+use systests::Scratch;
 
 /// The UUID the kernel was told to mount as root.
 fn cmdline_root_uuid(vm: &Vm) -> String {
@@ -308,7 +285,7 @@ fn second_disk_with_the_same_labels_is_ignored() {
 #[test]
 fn production_image_admits_the_key_from_config_json_only() {
     let scratch = Scratch::new("prod-key");
-    let dir = scratch.0.clone();
+    let dir = scratch.path().to_path_buf();
     let (key, public) = vmharness::ssh_keygen(&dir).unwrap();
     std::fs::create_dir_all(dir.join("other")).unwrap();
     let (_other_key, _) = vmharness::ssh_keygen(&dir.join("other")).unwrap();

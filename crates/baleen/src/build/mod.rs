@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Packages every image has, whatever the device type.
-pub const BASE_PACKAGES: [&str; 14] = [
+pub const BASE_PACKAGES: [&str; 16] = [
     "systemd",
     "systemd-sysv",
     "udev",
@@ -28,6 +28,8 @@ pub const BASE_PACKAGES: [&str; 14] = [
     "systemd-boot-efi",
     "mount",
     "zstd",
+    "avahi-daemon",
+    "systemd-zram-generator",
 ];
 
 #[derive(clap::Args)]
@@ -217,7 +219,6 @@ fn build_in(
         os_release: os_release.clone(),
         baleen_binary,
         timestamp: timestamp.clone(),
-        development: config.development,
     };
     rootfs::customize::apply(&staging, &customization)?;
 
@@ -271,7 +272,7 @@ fn build_in(
     copy_tree(&boot_tree, &staging.join("resin-boot"))?;
 
     step(started, "fingerprint");
-    rootfs::fingerprint::write_root(&staging, &rootfs::customize::volatile_excludes())?;
+    rootfs::fingerprint::write_root(&staging, &rootfs::customize::runtime_excludes())?;
     let rootfs_bytes = assemble::tree_bytes(&staging)?;
 
     step(started, "disk image");

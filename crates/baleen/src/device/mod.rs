@@ -1,47 +1,109 @@
-//! Device-side commands, run by systemd units on a booted baleen root.
+//! Device-side commands, run by systemd units on a booted baleen root. Each
+//! takes its paths relative to a root directory so tests run it on a folder.
 
 pub mod bootpart;
+pub mod bystate;
+pub mod config;
+pub mod identity;
+pub mod logs;
+pub mod reboot;
+pub mod reset;
 pub mod ssh;
 
 use anyhow::{Context, Result};
 use std::path::Path;
+use subprocess::Cmd;
 
-/// `baleen device ssh-setup`: mount the boot partition, read config.json and
-/// write sshd's host key, authorized keys and policy.
-pub fn ssh_setup() -> Result<()> {
-    let root = Path::new("/");
-    let config = match bootpart::mount_boot(root) {
-        Ok(mount) => read_config(&mount.join("config.json")),
-        Err(e) => {
-            tracing::error!("{e:#}; SSH falls back to keys-only with no keys");
-            serde_json::Value::Null
-        }
-    };
-    let access = ssh::Access::from_config(&config);
+const ROOT: &str = "/";
+
+/// Mounts the boot partition unless /etc/fstab's mount did already.
+fn boot_mounted(root: &Path) {
+    if let Err(e) = bootpart::mount_boot(root) {
+        tracing::error!("{e:#}");
+    }
+}
+
+/// `baleen device access`: SSH host key, authorized keys, sshd policy and the
+/// development flag, from config.json.
+pub fn access() -> Result<()> {
+    let root = Path::new(ROOT);
+    boot_mounted(root);
+    let loaded = config::load(root);
+    let usable = loaded.source != config::Source::Defaults;
+    let value = serde_json::Value::Object(loaded.config);
+    let access = ssh::Access::from_config(&value);
     for rejected in &access.rejected {
         tracing::warn!("config.json: {rejected}; the line is skipped");
     }
-    ssh::apply(root, &access)?;
+    let open = ssh::apply(root, usable.then_some(&access))?;
     tracing::info!(
         keys = access.keys.len(),
-        development = access.development,
-        passwordless_root = access.open_root(),
+        development = usable && access.development,
+        passwordless_root = open,
         "SSH access configured"
     );
     Ok(())
 }
 
-fn read_config(path: &Path) -> serde_json::Value {
-    let parsed = std::fs::read(path)
-        .with_context(|| format!("reading {}", path.display()))
-        .and_then(|bytes| {
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
-        });
-    match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            serde_json::Value::Null
-        }
+/// `baleen device identity`: uuid and hostname.
+pub fn identity() -> Result<()> {
+    let root = Path::new(ROOT);
+    boot_mounted(root);
+    let name = identity::apply(root)?;
+    tracing::info!(hostname = name, "hostname set");
+    Ok(())
+}
+
+/// `baleen device data-reset`.
+pub fn data_reset() -> Result<()> {
+    if reset::data_reset(Path::new(layout::DATA_MOUNT))? {
+        tracing::info!(
+            "{}/{} was missing: the data partition was wiped",
+            layout::DATA_MOUNT,
+            layout::RESET_FLAG
+        );
     }
+    Ok(())
+}
+
+/// `baleen device persistent-logs`.
+pub fn persistent_logs() -> Result<()> {
+    let root = Path::new(ROOT);
+    boot_mounted(root);
+    logs::apply(root)
+}
+
+/// `baleen device recover-ssh`: starts `sshd.socket` again when it is not
+/// listening (systemd stops it when connections come faster than its trigger
+/// limit; balenaOS's recover-sshd-socket).
+pub fn recover_ssh() -> Result<()> {
+    let state = Cmd::new("systemctl")
+        .package("systemd")
+        .args(["show", "-P", "ActiveState", "sshd.socket"])
+        .run()
+        .context("asking systemd about sshd.socket")?
+        .stdout;
+    if state.trim() == "active" {
+        return Ok(());
+    }
+    let result = Cmd::new("systemctl")
+        .package("systemd")
+        .args(["show", "-P", "Result", "sshd.socket"])
+        .run()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    tracing::warn!(
+        state = state.trim(),
+        result = result.trim(),
+        "sshd.socket is not listening: starting it again"
+    );
+    Cmd::new("systemctl")
+        .package("systemd")
+        .args(["reset-failed", "sshd.socket"])
+        .run()?;
+    Cmd::new("systemctl")
+        .package("systemd")
+        .args(["start", "sshd.socket"])
+        .run()?;
+    Ok(())
 }

@@ -1,16 +1,26 @@
-//! SSH access on the device: host keys generated once per boot into /run (the
-//! state partition keeps them from the running-OS work on), authorized keys
-//! from `os.sshKeys`, and the policy: production takes keys only; development
-//! lets root in without a password while no key is configured.
-
+//! SSH access on the device, from config.json at every boot:
+//!
+//! * the host key is generated once into `/etc/ssh/hostkeys` (state-backed);
+//! * `os.sshKeys` go to `~root/.ssh/authorized_keys_local`, merged with
+//!   `authorized_keys_remote` (cloud keys) into `authorized_keys`, as
+//!   balenaOS's `ssh_keys_merger` does;
+//! * the policy: production takes keys only; development lets root in
+//!   without a password while no key is configured (and then keys only).
+//!   The development flag file also gates the console gettys.
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use subprocess::Cmd;
 
-/// Where `baleen device ssh-setup` writes sshd's runtime configuration.
+/// Where `baleen device access` writes sshd's runtime configuration.
 pub const RUN_DIR: &str = "run/baleen/ssh";
+/// Host keys, kept on the state partition (relative to the root).
+pub const HOSTKEY_DIR: &str = "etc/ssh/hostkeys";
+/// root's SSH directory (state-backed).
+pub const ROOT_SSH: &str = "root/.ssh";
+/// The development flag (see `rootfs::units::DEVELOPMENT_FLAG`).
+pub const DEVELOPMENT_FLAG: &str = "run/baleen/development";
 
 /// The access a config.json asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,19 +88,19 @@ impl Access {
         }
     }
 
-    /// Passwordless root: development images with no keys configured.
-    pub fn open_root(&self) -> bool {
-        self.development && self.keys.is_empty()
+    /// Passwordless root: development mode with no key configured anywhere.
+    pub fn open_root(&self, remote_keys: bool) -> bool {
+        self.development && self.keys.is_empty() && !remote_keys
     }
 
     /// sshd configuration included first by `/etc/ssh/sshd_config` (first value wins).
-    pub fn sshd_config(&self) -> String {
-        let open = self.open_root();
+    pub fn sshd_config(&self, remote_keys: bool) -> String {
+        let open = self.open_root(remote_keys);
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         format!(
-            "# Written by baleen device ssh-setup from config.json; do not edit.\n\
-             HostKey /{RUN_DIR}/ssh_host_ed25519_key\n\
-             AuthorizedKeysFile .ssh/authorized_keys /{RUN_DIR}/authorized_keys\n\
+            "# Written by baleen device access from config.json; do not edit.\n\
+             HostKey /{HOSTKEY_DIR}/ssh_host_ed25519_key\n\
+             AuthorizedKeysFile .ssh/authorized_keys\n\
              PermitRootLogin {}\n\
              PasswordAuthentication {}\n\
              PermitEmptyPasswords {}\n\
@@ -102,27 +112,100 @@ impl Access {
         )
     }
 
-    pub fn authorized_keys(&self) -> String {
+    /// `authorized_keys_local`: one key per line.
+    pub fn local_keys(&self) -> String {
         self.keys.iter().map(|k| format!("{k}\n")).collect()
     }
 }
 
-/// Generates the host key if missing and writes the policy under `root`.
-pub fn apply(root: &Path, access: &Access) -> Result<()> {
-    let dir = root.join(RUN_DIR);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    let key = dir.join("ssh_host_ed25519_key");
+/// `authorized_keys` from the remote and local files, each preceded by where
+/// it came from (balenaOS's `ssh_keys_merger` format).
+pub fn merge_keys(remote: Option<&str>, local: Option<&str>) -> String {
+    let mut out = String::new();
+    for (name, text) in [
+        ("authorized_keys_remote", remote),
+        ("authorized_keys_local", local),
+    ] {
+        if let Some(text) = text.filter(|t| !t.trim().is_empty()) {
+            out.push_str(&format!("# From {name}\n{text}"));
+            if !text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Writes host key, keys, policy and the development flag under `root`.
+/// `access` is None when no configuration is usable: the keys in place stay.
+/// Returns whether root may log in without a password.
+pub fn apply(root: &Path, access: Option<&Access>) -> Result<bool> {
+    let hostkeys = root.join(HOSTKEY_DIR);
+    std::fs::create_dir_all(&hostkeys)
+        .with_context(|| format!("creating {}", hostkeys.display()))?;
+    let key = hostkeys.join("ssh_host_ed25519_key");
     if !key.exists() {
+        let _ = std::fs::remove_file(key.with_extension("pub"));
         Cmd::new("ssh-keygen")
             .package("openssh-client")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "baleen host key",
+                "-f",
+            ])
             .arg(&key)
             .run()?;
     }
-    write_private(&dir.join("authorized_keys"), &access.authorized_keys())?;
-    write_private(&dir.join("sshd_config"), &access.sshd_config())?;
-    Ok(())
+    let ssh_dir = root.join(ROOT_SSH);
+    std::fs::create_dir_all(&ssh_dir).with_context(|| format!("creating {}", ssh_dir.display()))?;
+    std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700))?;
+    let local = ssh_dir.join("authorized_keys_local");
+    if let Some(access) = access {
+        if access.keys.is_empty() {
+            match std::fs::remove_file(&local) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", local.display()));
+                }
+                _ => {}
+            }
+        } else {
+            write_private(&local, &access.local_keys())?;
+        }
+    }
+    let remote = std::fs::read_to_string(ssh_dir.join("authorized_keys_remote")).ok();
+    let local_text = std::fs::read_to_string(&local).ok();
+    let merged = merge_keys(remote.as_deref(), local_text.as_deref());
+    let authorized = ssh_dir.join("authorized_keys");
+    if std::fs::read_to_string(&authorized).ok().as_deref() != Some(merged.as_str()) {
+        write_private(&authorized, &merged)?;
+    }
+    let remote_keys = remote.is_some_and(|t| t.lines().any(|l| check_key(l.trim()).is_ok()));
+    // Without a usable configuration: production rules with the keys in place.
+    let fallback = Access {
+        development: false,
+        keys: local_text
+            .iter()
+            .flat_map(|t| t.lines().map(str::to_string))
+            .collect(),
+        rejected: Vec::new(),
+    };
+    let access = access.unwrap_or(&fallback);
+    let dir = root.join(RUN_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    write_private(&dir.join("sshd_config"), &access.sshd_config(remote_keys))?;
+    let flag = root.join(DEVELOPMENT_FLAG);
+    if access.development {
+        std::fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))?;
+    } else {
+        let _ = std::fs::remove_file(&flag);
+    }
+    Ok(access.open_root(remote_keys))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
@@ -142,24 +225,75 @@ mod tests {
     #[test]
     fn production_without_keys_lets_nobody_in() {
         let a = Access::from_config(&json!({}));
-        assert!(!a.open_root());
-        assert!(a.sshd_config().contains("PermitRootLogin prohibit-password\nPasswordAuthentication no\nPermitEmptyPasswords no\n"));
-        assert_eq!(a.authorized_keys(), "");
+        assert!(!a.open_root(false));
+        assert!(a.sshd_config(false).contains("PermitRootLogin prohibit-password\nPasswordAuthentication no\nPermitEmptyPasswords no\n"));
+        assert_eq!(a.local_keys(), "");
     }
 
     #[test]
     fn development_without_keys_opens_root() {
         let a = Access::from_config(&json!({"developmentMode": true}));
-        assert!(a.sshd_config().contains(
+        assert!(a.sshd_config(false).contains(
             "PermitRootLogin yes\nPasswordAuthentication yes\nPermitEmptyPasswords yes\n"
         ));
+        assert!(!a.open_root(true), "cloud keys count as keys");
     }
 
     #[test]
     fn development_with_keys_takes_keys_only() {
         let a = Access::from_config(&json!({"developmentMode": true, "os": {"sshKeys": [KEY]}}));
-        assert!(!a.open_root());
-        assert_eq!(a.authorized_keys(), format!("{KEY}\n"));
+        assert!(!a.open_root(false));
+        assert_eq!(a.local_keys(), format!("{KEY}\n"));
+    }
+
+    #[test]
+    fn keys_are_merged_remote_first_with_their_origin() {
+        assert_eq!(merge_keys(None, None), "");
+        assert_eq!(
+            merge_keys(Some("r1\n"), Some("l1\nl2")),
+            "# From authorized_keys_remote\nr1\n# From authorized_keys_local\nl1\nl2\n"
+        );
+        assert_eq!(
+            merge_keys(Some("  \n"), Some("l\n")),
+            "# From authorized_keys_local\nl\n"
+        );
+    }
+
+    fn fake_root() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(HOSTKEY_DIR)).unwrap();
+        // A host key in place: the test does not need ssh-keygen.
+        std::fs::write(
+            dir.path().join(HOSTKEY_DIR).join("ssh_host_ed25519_key"),
+            "k",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn apply_writes_keys_policy_and_flag_and_keeps_keys_without_a_config() {
+        let dir = fake_root();
+        let root = dir.path();
+        let dev = Access::from_config(&json!({"developmentMode": true, "os": {"sshKeys": [KEY]}}));
+        assert!(!apply(root, Some(&dev)).unwrap());
+        let authorized =
+            std::fs::read_to_string(root.join(ROOT_SSH).join("authorized_keys")).unwrap();
+        assert_eq!(authorized, format!("# From authorized_keys_local\n{KEY}\n"));
+        assert!(root.join(DEVELOPMENT_FLAG).exists());
+        // Config unusable: the keys stay, development is off.
+        assert!(!apply(root, None).unwrap());
+        assert!(!root.join(DEVELOPMENT_FLAG).exists());
+        let again = std::fs::read_to_string(root.join(ROOT_SSH).join("authorized_keys")).unwrap();
+        assert_eq!(again, authorized);
+        let policy = std::fs::read_to_string(root.join(RUN_DIR).join("sshd_config")).unwrap();
+        assert!(policy.contains("PasswordAuthentication no"));
+        // Keys removed from the config: the local file goes away.
+        let open = Access::from_config(&json!({"developmentMode": true}));
+        assert!(apply(root, Some(&open)).unwrap());
+        assert!(!root.join(ROOT_SSH).join("authorized_keys_local").exists());
+        let policy = std::fs::read_to_string(root.join(RUN_DIR).join("sshd_config")).unwrap();
+        assert!(policy.contains("PermitEmptyPasswords yes"));
     }
 
     #[test]

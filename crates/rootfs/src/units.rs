@@ -1,0 +1,302 @@
+//! The systemd units, udev rules and daemon configuration baleen adds to the
+//! root, as (path relative to the root, content). The commands they run are
+//! `baleen device …` subcommands (crates/baleen/src/device).
+
+/// Files written into every root.
+pub const FILES: [(&str, &str); 19] = [
+    ("etc/fstab", FSTAB),
+    ("etc/ssh/sshd_config.d/00-baleen.conf", SSHD_DROPIN),
+    ("etc/systemd/system/sshd.socket", SSHD_SOCKET),
+    ("etc/systemd/system/sshd@.service", SSHD_SERVICE),
+    ("etc/systemd/system/baleen-access.service", ACCESS_SERVICE),
+    (
+        "etc/systemd/system/baleen-identity.service",
+        IDENTITY_SERVICE,
+    ),
+    (
+        "etc/systemd/system/baleen-data-reset.service",
+        DATA_RESET_SERVICE,
+    ),
+    (
+        "etc/systemd/system/baleen-persistent-logs.service",
+        PERSISTENT_LOGS_SERVICE,
+    ),
+    (
+        "etc/systemd/system/baleen-sshd-recover.service",
+        SSHD_RECOVER_SERVICE,
+    ),
+    (
+        "etc/systemd/system/baleen-sshd-recover.timer",
+        SSHD_RECOVER_TIMER,
+    ),
+    (
+        "etc/systemd/system/getty@.service.d/baleen.conf",
+        GETTY_DROPIN,
+    ),
+    (
+        "etc/systemd/system/serial-getty@.service.d/baleen.conf",
+        GETTY_DROPIN,
+    ),
+    (
+        "etc/systemd/system/console-getty.service.d/baleen.conf",
+        GETTY_DROPIN,
+    ),
+    (
+        "etc/systemd/system/avahi-daemon.service.d/baleen.conf",
+        AVAHI_DROPIN,
+    ),
+    ("etc/avahi/services/ssh.service", AVAHI_SSH_SERVICE),
+    ("etc/systemd/zram-generator.conf", ZRAM_GENERATOR),
+    (
+        "usr/lib/udev/rules.d/65-baleen-by-state.rules",
+        BY_STATE_RULES,
+    ),
+    ("etc/systemd/journald.conf.d/baleen.conf", JOURNALD),
+    ("etc/sysctl.d/60-baleen.conf", SYSCTL),
+];
+
+/// baleen's units enabled in every image.
+pub const ENABLED_UNITS: [&str; 6] = [
+    "sshd.socket",
+    "baleen-access.service",
+    "baleen-identity.service",
+    "baleen-data-reset.service",
+    "baleen-persistent-logs.service",
+    "baleen-sshd-recover.timer",
+];
+
+/// Debian units that make no sense on a read-only appliance root.
+pub const DISABLED_UNITS: [&str; 7] = [
+    "ssh.service",
+    "ssh.socket",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+];
+
+/// Written at boot by `baleen device access` in development mode: console
+/// logins (getty) and passwordless SSH are allowed only while it exists.
+pub const DEVELOPMENT_FLAG: &str = "/run/baleen/development";
+
+/// `/etc/fstab`: memory-backed directories, then the partitions of the boot
+/// disk through their `/dev/disk/by-state` links. `/mnt/state` is mounted by
+/// the root's initramfs already (it holds the machine id and the state-backed
+/// paths); the entry lets systemd know it. The boot stage has checked every
+/// filesystem, hence no fsck pass.
+pub const FSTAB: &str = "\
+# baleen: the root filesystem is read-only.
+tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0
+tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0
+tmpfs /var/log tmpfs mode=0755,nosuid,nodev 0 0
+# Partitions of the boot disk only (see /usr/lib/udev/rules.d/65-baleen-by-state.rules).
+/dev/disk/by-state/resin-boot /mnt/boot vfat rw,noatime,nosuid,nodev,noexec,fmask=0077,dmask=0077,nofail,x-systemd.device-timeout=30s 0 0
+/dev/disk/by-state/resin-state /mnt/state ext4 rw,noatime,nosuid,nodev,nofail,x-systemd.device-timeout=30s 0 0
+/dev/disk/by-state/resin-data /mnt/data ext4 rw,noatime,nosuid,nodev,nofail,x-systemd.device-timeout=30s 0 0
+/dev/disk/by-state/active /mnt/sysroot/active ext4 ro,noatime,nofail,x-systemd.device-timeout=30s 0 0
+/dev/disk/by-state/inactive /mnt/sysroot/inactive ext4 ro,noatime,noauto,nofail,x-systemd.automount,x-systemd.idle-timeout=60s 0 0
+# The container engine's storage lives on the data partition.
+/mnt/data/docker /var/lib/docker none bind,nofail,x-systemd.requires=baleen-data-reset.service,x-systemd.after=baleen-data-reset.service 0 0
+";
+
+/// sshd: the device-specific parts (host keys, keys, policy) are rendered at
+/// boot into /run by `baleen device access`.
+pub const SSHD_DROPIN: &str = "\
+# baleen: host keys and the access policy come from config.json at boot.
+Include /run/baleen/ssh/sshd_config
+";
+
+/// balenaOS's socket: one `sshd -i` per connection. systemd's default trigger
+/// limit applies; `baleen-sshd-recover.timer` restarts the socket when it hit it.
+pub const SSHD_SOCKET: &str = "\
+[Unit]
+Description=SSH socket on port 22222 (baleen)
+Before=sockets.target
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Socket]
+ListenStream=22222
+Accept=yes
+
+[Install]
+WantedBy=sockets.target
+";
+
+pub const SSHD_SERVICE: &str = "\
+[Unit]
+Description=SSH session (baleen)
+Wants=baleen-access.service
+After=baleen-access.service
+
+[Service]
+ExecStart=-/usr/sbin/sshd -i
+StandardInput=socket
+StandardError=journal
+RuntimeDirectory=sshd
+RuntimeDirectoryMode=0755
+RuntimeDirectoryPreserve=yes
+";
+
+pub const ACCESS_SERVICE: &str = "\
+[Unit]
+Description=SSH host keys, authorized keys and development mode from config.json (baleen)
+After=local-fs.target baleen-identity.service
+RequiresMountsFor=/mnt/boot
+Before=getty.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/baleen device access
+
+[Install]
+WantedBy=multi-user.target
+";
+
+pub const IDENTITY_SERVICE: &str = "\
+[Unit]
+Description=Device uuid and hostname from config.json (baleen)
+After=local-fs.target
+RequiresMountsFor=/mnt/boot
+Before=network-pre.target avahi-daemon.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/baleen device identity
+
+[Install]
+WantedBy=multi-user.target
+";
+
+pub const DATA_RESET_SERVICE: &str = "\
+[Unit]
+Description=Factory reset of the data partition when its flag is missing (baleen)
+DefaultDependencies=no
+RequiresMountsFor=/mnt/data
+Before=local-fs.target umount.target
+Conflicts=umount.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/baleen device data-reset
+
+[Install]
+WantedBy=local-fs.target
+";
+
+pub const PERSISTENT_LOGS_SERVICE: &str = "\
+[Unit]
+Description=Journal on the data partition when config.json asks for persistentLogging (baleen)
+After=baleen-data-reset.service systemd-journald.service
+RequiresMountsFor=/mnt/data /mnt/boot
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/baleen device persistent-logs
+
+[Install]
+WantedBy=multi-user.target
+";
+
+pub const SSHD_RECOVER_SERVICE: &str = "\
+[Unit]
+Description=Restart the SSH socket if systemd's trigger limit stopped it (baleen)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/baleen device recover-ssh
+";
+
+pub const SSHD_RECOVER_TIMER: &str = "\
+[Unit]
+Description=Check the SSH socket every 15 minutes (baleen)
+
+[Timer]
+OnCalendar=*:0/15
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+";
+
+/// Console logins only in development mode, as balenaOS.
+pub const GETTY_DROPIN: &str = "\
+[Unit]
+# baleen: console logins only in development mode (config.json developmentMode).
+Wants=baleen-access.service
+After=baleen-access.service
+ConditionPathExists=/run/baleen/development
+";
+
+pub const AVAHI_DROPIN: &str = "\
+[Unit]
+# baleen: publish the hostname from config.json, not the image's default.
+Wants=baleen-identity.service
+After=baleen-identity.service
+
+[Service]
+Restart=always
+";
+
+/// `<hostname>.local` answers SSH on 22222, found by balena's tools through
+/// the `_resin-device` subtype.
+pub const AVAHI_SSH_SERVICE: &str = r#"<?xml version="1.0" standalone='no'?>
+<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
+<!-- baleen: SSH on port 22222, as balenaOS publishes it. -->
+<service-group>
+  <name replace-wildcards="yes">%h</name>
+  <service>
+    <type>_ssh._tcp</type>
+    <subtype>_resin-device._sub._ssh._tcp</subtype>
+    <port>22222</port>
+  </service>
+</service-group>
+"#;
+
+/// Swap in compressed memory: half the RAM, at most 4096000 KiB (= 4000 MiB),
+/// the only swap (balenaOS's zram-swap-init).
+pub const ZRAM_GENERATOR: &str = "\
+# baleen: half of RAM, capped at 4096000 KiB, the only swap.
+[zram0]
+zram-size = min(ram / 2, 4000)
+compression-algorithm = lz4
+swap-priority = 100
+";
+
+/// `/dev/disk/by-state/<label>`, `active` and `inactive`, for partitions of
+/// the disk the root was mounted from only: a second disk carrying the same
+/// labels (a USB stick with another image) gets no link.
+pub const BY_STATE_RULES: &str = r#"# baleen: /dev/disk/by-state links for the partitions of the boot disk.
+SUBSYSTEM!="block", GOTO="baleen_by_state_end"
+ACTION=="remove", GOTO="baleen_by_state_end"
+KERNEL=="loop*|ram*|zram*", GOTO="baleen_by_state_end"
+ENV{DEVTYPE}!="partition", GOTO="baleen_by_state_end"
+ENV{ID_PART_ENTRY_NAME}=="resin-*|balena-*", IMPORT{program}="/usr/bin/baleen device state-probe $devnode $env{ID_PART_ENTRY_NAME}"
+ENV{BALENA_FS_USE}!="?*", ENV{ID_FS_LABEL_ENC}=="resin-*|balena-*", IMPORT{program}="/usr/bin/baleen device state-probe $devnode $env{ID_FS_LABEL_ENC}"
+ENV{BALENA_FS_USE}=="?*", SYMLINK+="disk/by-state/$env{BALENA_FS_USE}"
+ENV{BALENA_UPDATE_STATE}=="?*", SYMLINK+="disk/by-state/$env{BALENA_UPDATE_STATE}"
+LABEL="baleen_by_state_end"
+"#;
+
+/// journald as balenaOS configures it: volatile unless persistent logging
+/// binds `/var/log/journal` to the data partition.
+pub const JOURNALD: &str = "\
+[Journal]
+Storage=auto
+RuntimeMaxUse=128M
+SystemMaxUse=128M
+ForwardToSyslog=no
+";
+
+/// balenaOS's sysctl settings that matter without its engine.
+pub const SYSCTL: &str = "\
+fs.inotify.max_user_instances=512
+net.ipv4.ip_local_port_range=49152 65535
+vm.overcommit_memory=1
+kernel.printk=4 4 1 7
+";
