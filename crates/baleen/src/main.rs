@@ -6,6 +6,7 @@
 
 mod bench;
 mod build;
+mod configcmd;
 mod device;
 mod run;
 
@@ -31,9 +32,15 @@ struct Cli {
 enum Command {
     /// Build a disk image (raw, GPT) and its build manifest.
     Build(build::Args),
-    /// Read or replace config.json inside an image, without mounting anything.
+    /// Read, change, check and apply config.json (on the device, or in an image with --image).
     #[command(subcommand)]
-    Config(ConfigCommand),
+    Config(configcmd::Command),
+    /// What the device applied from config.json (per key, the last error).
+    Status {
+        /// Versioned JSON (`apiVersion`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot an image in QEMU (UEFI, software emulation), serial console on the terminal.
     Run(run::Args),
     /// Measure builds and boots; prints the figures.
@@ -57,14 +64,6 @@ struct RebootArgs {
 }
 
 #[derive(Subcommand)]
-enum ConfigCommand {
-    /// Replace config.json in IMAGE's boot partition with CONFIG (must be a JSON object).
-    Inject { image: PathBuf, config: PathBuf },
-    /// Print config.json from IMAGE's boot partition.
-    Show { image: PathBuf },
-}
-
-#[derive(Subcommand)]
 enum DeviceCommand {
     /// Write sshd's host key, authorized keys, access policy and the development flag from config.json.
     Access,
@@ -78,6 +77,8 @@ enum DeviceCommand {
     PersistentLogs,
     /// Start sshd.socket again if systemd stopped it.
     RecoverSsh,
+    /// Apply config.json now and on every change (baleen-config.service).
+    ConfigAgent,
 }
 
 fn main() {
@@ -105,22 +106,8 @@ fn main() {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Build(args) => build::run(args),
-        Command::Config(ConfigCommand::Inject { image, config }) => {
-            let json = std::fs::read(&config)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", config.display()))?;
-            diskimage::inject_config(&image, &json)?;
-            eprintln!(
-                "config.json in {} replaced with {}",
-                image.display(),
-                config.display()
-            );
-            Ok(())
-        }
-        Command::Config(ConfigCommand::Show { image }) => {
-            let bytes = diskimage::read_config(&image)?;
-            print!("{}", String::from_utf8_lossy(&bytes));
-            Ok(())
-        }
+        Command::Config(command) => configcmd::run(command),
+        Command::Status { json } => configcmd::status(json),
         Command::Run(args) => run::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Reboot(args) => device::reboot::safe_reboot(&device::reboot::RebootOptions {
@@ -137,6 +124,7 @@ fn dispatch(command: Command) -> Result<()> {
             DeviceCommand::DataReset => device::data_reset(),
             DeviceCommand::PersistentLogs => device::persistent_logs(),
             DeviceCommand::RecoverSsh => device::recover_ssh(),
+            DeviceCommand::ConfigAgent => device::agent::run(std::path::Path::new("/")),
         },
     }
 }

@@ -3,7 +3,7 @@
 //! `baleen device …` subcommands (crates/baleen/src/device).
 
 /// Files written into every root.
-pub const FILES: [(&str, &str); 19] = [
+pub const FILES: [(&str, &str); 20] = [
     ("etc/fstab", FSTAB),
     ("etc/ssh/sshd_config.d/00-baleen.conf", SSHD_DROPIN),
     ("etc/systemd/system/sshd.socket", SSHD_SOCKET),
@@ -13,6 +13,7 @@ pub const FILES: [(&str, &str); 19] = [
         "etc/systemd/system/baleen-identity.service",
         IDENTITY_SERVICE,
     ),
+    ("etc/systemd/system/baleen-config.service", CONFIG_SERVICE),
     (
         "etc/systemd/system/baleen-data-reset.service",
         DATA_RESET_SERVICE,
@@ -56,8 +57,9 @@ pub const FILES: [(&str, &str); 19] = [
 ];
 
 /// baleen's units enabled in every image.
-pub const ENABLED_UNITS: [&str; 6] = [
+pub const ENABLED_UNITS: [&str; 7] = [
     "sshd.socket",
+    "baleen-config.service",
     "baleen-access.service",
     "baleen-identity.service",
     "baleen-data-reset.service",
@@ -166,6 +168,22 @@ Wants=network-pre.target
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/bin/baleen device identity
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The config agent: applies every change of config.json while the device runs.
+pub const CONFIG_SERVICE: &str = "\
+[Unit]
+Description=Apply config.json changes to the running device (baleen)
+After=local-fs.target baleen-identity.service baleen-access.service
+RequiresMountsFor=/mnt/boot
+
+[Service]
+ExecStart=/usr/bin/baleen device config-agent
+Restart=always
+RestartSec=2
 
 [Install]
 WantedBy=multi-user.target

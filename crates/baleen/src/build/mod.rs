@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Packages every image has, whatever the device type.
-pub const BASE_PACKAGES: [&str; 16] = [
+pub const BASE_PACKAGES: [&str; 17] = [
     "systemd",
     "systemd-sysv",
     "udev",
@@ -30,6 +30,7 @@ pub const BASE_PACKAGES: [&str; 16] = [
     "zstd",
     "avahi-daemon",
     "systemd-zram-generator",
+    "jq",
 ];
 
 #[derive(clap::Args)]

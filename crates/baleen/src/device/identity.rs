@@ -62,8 +62,21 @@ pub fn apply(root: &Path) -> Result<String> {
         } else if source == Source::Boot {
             let uuid = new_uuid();
             config.insert("uuid".into(), Value::String(uuid.clone()));
-            let path = root.join(config::CONFIG);
-            config::write_atomic(&path, config::to_text(&config).as_bytes())?;
+            // Through the power-safe store, under the lock other writers take.
+            let _ = std::fs::create_dir_all(root.join("run/baleen"));
+            let store = deviceconfig::store::Store::on_device(root);
+            let name = store.path().display().to_string();
+            store.update(|bytes: &[u8]| -> Result<Vec<u8>> {
+                let mut raw = deviceconfig::model::Raw::parse(&name, bytes)?;
+                if raw
+                    .get("uuid")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    raw.set("uuid", Value::String(uuid.clone()))?;
+                }
+                Ok(raw.to_text().into_bytes())
+            })?;
             tracing::info!(uuid, "config.json: new device uuid");
         } else {
             tracing::warn!("config.json is not usable: no uuid is written until it is fixed");

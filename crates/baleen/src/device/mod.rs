@@ -1,6 +1,7 @@
 //! Device-side commands, run by systemd units on a booted baleen root. Each
 //! takes its paths relative to a root directory so tests run it on a folder.
 
+pub mod agent;
 pub mod bootpart;
 pub mod bystate;
 pub mod config;

@@ -200,10 +200,13 @@ pub fn apply(root: &Path, access: Option<&Access>) -> Result<bool> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     write_private(&dir.join("sshd_config"), &access.sshd_config(remote_keys))?;
     let flag = root.join(DEVELOPMENT_FLAG);
-    if access.development {
-        std::fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))?;
-    } else {
-        let _ = std::fs::remove_file(&flag);
+    match deviceconfig::render::development_env(access.development) {
+        Some(text) => {
+            std::fs::write(&flag, text).with_context(|| format!("writing {}", flag.display()))?
+        }
+        None => {
+            let _ = std::fs::remove_file(&flag);
+        }
     }
     Ok(access.open_root(remote_keys))
 }

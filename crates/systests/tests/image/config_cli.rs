@@ -53,7 +53,12 @@ fn inject(image: &Path, config: &Path) -> Outcome {
 }
 
 fn show(image: &Path) -> Outcome {
-    baleen([OsStr::new("config"), OsStr::new("show"), image.as_os_str()])
+    baleen([
+        OsStr::new("config"),
+        OsStr::new("show"),
+        OsStr::new("--image"),
+        image.as_os_str(),
+    ])
 }
 
 /// Injects `content` and checks every reader gets exactly those bytes back.
