@@ -223,7 +223,7 @@ fn time_boots(image: &Path, chain: &str) -> Result<(Vec<BootTimes>, String)> {
     let again = measure(&mut vm, chain, "again")?;
     if chain == "baleen" {
         let idle = footprint(&vm)?;
-        println!(
+        eprintln!(
             "idle device, {IDLE_SETTLE:?} after SSH answered: {} processes (with the measuring SSH \
              session), {} MiB memory used; \
              baleen's own resident processes: {} (RSS {} KiB)",

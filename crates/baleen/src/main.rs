@@ -79,6 +79,8 @@ enum DeviceCommand {
     RecoverSsh,
     /// Apply config.json now and on every change (baleen-config.service).
     ConfigAgent,
+    /// Turn on the zram swap: half of RAM, at most 4096000 KiB.
+    Zram,
 }
 
 fn main() {
@@ -124,6 +126,7 @@ fn dispatch(command: Command) -> Result<()> {
             DeviceCommand::DataReset => device::data_reset(),
             DeviceCommand::PersistentLogs => device::persistent_logs(),
             DeviceCommand::RecoverSsh => device::recover_ssh(),
+            DeviceCommand::Zram => device::zram::apply(),
             DeviceCommand::ConfigAgent => device::agent::run(std::path::Path::new("/")),
         },
     }

@@ -47,7 +47,7 @@ pub const FILES: [(&str, &str); 20] = [
         AVAHI_DROPIN,
     ),
     ("etc/avahi/services/ssh.service", AVAHI_SSH_SERVICE),
-    ("etc/systemd/zram-generator.conf", ZRAM_GENERATOR),
+    ("etc/systemd/system/baleen-zram.service", ZRAM_SERVICE),
     (
         "usr/lib/udev/rules.d/65-baleen-by-state.rules",
         BY_STATE_RULES,
@@ -57,8 +57,9 @@ pub const FILES: [(&str, &str); 20] = [
 ];
 
 /// baleen's units enabled in every image.
-pub const ENABLED_UNITS: [&str; 7] = [
+pub const ENABLED_UNITS: [&str; 8] = [
     "sshd.socket",
+    "baleen-zram.service",
     "baleen-config.service",
     "baleen-access.service",
     "baleen-identity.service",
@@ -143,9 +144,12 @@ RuntimeDirectoryPreserve=yes
 pub const ACCESS_SERVICE: &str = "\
 [Unit]
 Description=SSH host keys, authorized keys and development mode from config.json (baleen)
+# Early (with sysinit, not after basic.target): SSH waits for it.
+DefaultDependencies=no
 After=local-fs.target baleen-identity.service
 RequiresMountsFor=/mnt/boot
-Before=getty.target
+Before=getty.target shutdown.target
+Conflicts=shutdown.target
 
 [Service]
 Type=oneshot
@@ -159,10 +163,12 @@ WantedBy=multi-user.target
 pub const IDENTITY_SERVICE: &str = "\
 [Unit]
 Description=Device uuid and hostname from config.json (baleen)
+DefaultDependencies=no
 After=local-fs.target
 RequiresMountsFor=/mnt/boot
-Before=network-pre.target avahi-daemon.service
+Before=network-pre.target avahi-daemon.service shutdown.target
 Wants=network-pre.target
+Conflicts=shutdown.target
 
 [Service]
 Type=oneshot
@@ -192,9 +198,11 @@ WantedBy=multi-user.target
 pub const DATA_RESET_SERVICE: &str = "\
 [Unit]
 Description=Factory reset of the data partition when its flag is missing (baleen)
+# Not before local-fs.target: that would hold the whole boot until udev has
+# found the data partition. What uses the data partition waits for it instead.
 DefaultDependencies=no
 RequiresMountsFor=/mnt/data
-Before=local-fs.target umount.target
+Before=var-lib-docker.mount baleen-persistent-logs.service umount.target
 Conflicts=umount.target
 
 [Service]
@@ -203,7 +211,7 @@ RemainAfterExit=yes
 ExecStart=/usr/bin/baleen device data-reset
 
 [Install]
-WantedBy=local-fs.target
+WantedBy=multi-user.target
 ";
 
 pub const PERSISTENT_LOGS_SERVICE: &str = "\
@@ -276,14 +284,22 @@ pub const AVAHI_SSH_SERVICE: &str = r#"<?xml version="1.0" standalone='no'?>
 </service-group>
 "#;
 
-/// Swap in compressed memory: half the RAM, at most 4096000 KiB (= 4000 MiB),
-/// the only swap (balenaOS's zram-swap-init).
-pub const ZRAM_GENERATOR: &str = "\
-# baleen: half of RAM, capped at 4096000 KiB, the only swap.
-[zram0]
-zram-size = min(ram / 2, 4000)
-compression-algorithm = lz4
-swap-priority = 100
+/// Swap in compressed memory: half the RAM, at most 4096000 KiB, the only
+/// swap (balenaOS's zram-swap-init). Not a swap unit: see
+/// `baleen device zram` for why it stays out of `swap.target`.
+pub const ZRAM_SERVICE: &str = "\
+[Unit]
+Description=Swap in compressed memory (baleen)
+After=local-fs.target
+ConditionVirtualization=!container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/baleen device zram
+
+[Install]
+WantedBy=multi-user.target
 ";
 
 /// `/dev/disk/by-state/<label>`, `active` and `inactive`, for partitions of

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Packages every image has, whatever the device type.
-pub const BASE_PACKAGES: [&str; 17] = [
+pub const BASE_PACKAGES: [&str; 16] = [
     "systemd",
     "systemd-sysv",
     "udev",
@@ -29,7 +29,6 @@ pub const BASE_PACKAGES: [&str; 17] = [
     "mount",
     "zstd",
     "avahi-daemon",
-    "systemd-zram-generator",
     "jq",
 ];
 

@@ -351,37 +351,83 @@ fn plan_networkmanager(root: &Path, config: &Config) -> Plan {
     plan
 }
 
+/// The trust store as the image ships it: `/etc/ssl/certs` itself is a
+/// state-backed copy, refreshed from the image at every boot.
+const PRISTINE_BUNDLE: &str = "mnt/sysroot/active/etc/ssl/certs/ca-certificates.crt";
+const BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+const CA_IN_STORE: &str = "etc/ssl/certs/balenaRootCA.pem";
+
+/// `balenaRootCA`: the PEM in the balena CA directory (what balenaOS's
+/// supervisor reads), and in the trust store: the bundle is the image's
+/// bundle plus this CA, the PEM sits in `/etc/ssl/certs` with its OpenSSL
+/// hash link. Removing the key restores the image's bundle. This is what
+/// `update-ca-certificates` would produce, without its minute of shell loops
+/// on a slow board (it remains the fallback when the image's bundle cannot
+/// be read).
 fn plan_ca(root: &Path, config: &Config) -> Result<Plan> {
     let mut plan = Plan::default();
-    let path = root.join(render::ROOT_CA);
-    let existing = read_opt(&path);
-    let change = match &config.balena_root_ca {
-        Some(pem) if existing.as_deref() == Some(pem.as_str()) => render::RootCaChange::Unchanged,
-        Some(pem) => render::RootCaChange::Write(pem.clone()),
-        None if existing.is_some() => render::RootCaChange::Remove,
-        None => render::RootCaChange::Unchanged,
+    let pem = config.balena_root_ca.as_deref();
+    let source = root.join(render::ROOT_CA);
+    match (pem, read_opt(&source)) {
+        (Some(pem), have) if have.as_deref() != Some(pem) => plan.files.push(FileOp::Write {
+            path: source,
+            content: pem.to_string(),
+            mode: 0o644,
+        }),
+        (None, Some(_)) => plan.files.push(FileOp::Remove { path: source }),
+        _ => {}
+    }
+    let Some(pristine) = read_opt(&root.join(PRISTINE_BUNDLE)) else {
+        if !plan.files.is_empty() {
+            plan.steps
+                .extend(Step::from_action(render::Action::UpdateCaCertificates));
+        }
+        return Ok(plan);
     };
-    // /etc/ssl/certs is rebuilt from the image at every boot: a kept CA must
-    // be added to it again.
-    let in_store = root.join("etc/ssl/certs/balenaRootCA.pem").exists();
-    let update = match change {
-        render::RootCaChange::Write(pem) => {
+    let mut bundle = pristine;
+    if let Some(pem) = pem {
+        if !bundle.ends_with('\n') && !bundle.is_empty() {
+            bundle.push('\n');
+        }
+        bundle.push_str(pem);
+    }
+    let bundle_path = root.join(BUNDLE);
+    if read_opt(&bundle_path).as_deref() != Some(bundle.as_str()) {
+        plan.files.push(FileOp::Write {
+            path: bundle_path,
+            content: bundle,
+            mode: 0o644,
+        });
+    }
+    let in_store = root.join(CA_IN_STORE);
+    let have = read_opt(&in_store);
+    match pem {
+        Some(pem) if have.as_deref() != Some(pem) => {
             plan.files.push(FileOp::Write {
-                path,
-                content: pem,
+                path: in_store,
+                content: pem.to_string(),
                 mode: 0o644,
             });
-            true
+            plan.steps.push(Step::new(&[
+                "sh",
+                "-c",
+                "cd /etc/ssl/certs && find . -maxdepth 1 -lname balenaRootCA.pem -delete && \
+                 ln -s balenaRootCA.pem \"$(openssl x509 -hash -noout -in balenaRootCA.pem).0\"",
+            ]));
         }
-        render::RootCaChange::Remove => {
-            plan.files.push(FileOp::Remove { path });
-            true
+        None if have.is_some() => {
+            plan.files.push(FileOp::Remove { path: in_store });
+            plan.steps.push(Step::new(&[
+                "find",
+                "/etc/ssl/certs",
+                "-maxdepth",
+                "1",
+                "-lname",
+                "balenaRootCA.pem",
+                "-delete",
+            ]));
         }
-        render::RootCaChange::Unchanged => existing.is_some() && !in_store,
-    };
-    if update {
-        plan.steps
-            .extend(Step::from_action(render::Action::UpdateCaCertificates));
+        _ => {}
     }
     Ok(plan)
 }

@@ -9,6 +9,18 @@ use crate::cmd::Output;
 use crate::error::Result;
 use crate::scaled;
 
+/// Whether sshd's identification line (`SSH-2.0-…`) arrives on 127.0.0.1:`port` within a second.
+fn banner_seen(port: u16) -> bool {
+    use std::io::Read;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
+}
+
 impl Vm {
     /// Waits until SSH answers; returns the time since the current QEMU start.
     pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<Duration> {
@@ -16,6 +28,21 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive(&format!("waiting for SSH on {}", self.ssh.target()))?;
+            // With user networking QEMU accepts the forwarded connection
+            // before the guest can answer, and an ssh attempt then hangs for
+            // its whole timeout: wait for sshd's banner first, in short steps,
+            // so the time measured is when the guest answered.
+            if let Some(port) = self.ssh_port() {
+                if !banner_seen(port) {
+                    if Instant::now() >= deadline {
+                        return Err(
+                            self.timeout(format!("SSH banner on 127.0.0.1:{port}"), timeout)
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            }
             let connect = deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_secs(1), Duration::from_secs(10));

@@ -161,3 +161,34 @@ fn one_invalid_key_is_reported_and_the_others_apply() {
     // A dry run writes nothing.
     assert!(!dir.path().join("etc/udev/rules.d/56-a.rules").exists());
 }
+
+#[test]
+fn a_root_ca_joins_the_image_bundle_and_removal_restores_it() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let b64 = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=";
+    let value = json!({ "balenaRootCA": b64 });
+    let dir = root_with(&value);
+    let r = dir.path();
+    std::fs::create_dir_all(r.join("mnt/sysroot/active/etc/ssl/certs")).unwrap();
+    std::fs::write(r.join(PRISTINE_BUNDLE), "IMAGE CAS\n").unwrap();
+    std::fs::write(r.join(BUNDLE), "IMAGE CAS\n").unwrap();
+    let config = config_of(&value);
+    assert_eq!(config.balena_root_ca.as_deref(), Some(pem));
+    let plan = plan_ca(r, &config).unwrap();
+    assert_eq!(plan.files.len(), 3, "{plan:?}");
+    assert_eq!(plan.steps.len(), 1, "the hash link");
+    apply_files(r, &config);
+    assert_eq!(
+        std::fs::read_to_string(r.join(BUNDLE)).unwrap(),
+        format!("IMAGE CAS\n{pem}")
+    );
+    assert!(plan_ca(r, &config).unwrap().is_empty());
+    let plan = plan_ca(r, &config_of(&json!({}))).unwrap();
+    apply_files(r, &config_of(&json!({})));
+    assert_eq!(
+        std::fs::read_to_string(r.join(BUNDLE)).unwrap(),
+        "IMAGE CAS\n"
+    );
+    assert!(!r.join(CA_IN_STORE).exists());
+    assert_eq!(plan.steps[0].argv[0], "find");
+}
