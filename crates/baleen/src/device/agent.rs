@@ -261,7 +261,7 @@ fn plan_access(root: &Path, config: &Config) -> Result<Plan> {
     }
     let remote_keys = remote.is_some_and(|t| t.lines().any(|l| ssh::check_key(l.trim()).is_ok()));
     let policy = root.join(ssh::RUN_DIR).join("sshd_config");
-    let want = access.sshd_config(remote_keys);
+    let want = access.sshd_config(remote_keys, &ssh::host_key_path(root));
     if read_opt(&policy).as_deref() != Some(want.as_str()) {
         plan.files.push(FileOp::Write {
             path: policy,

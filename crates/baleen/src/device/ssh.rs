@@ -94,13 +94,13 @@ impl Access {
     }
 
     /// sshd configuration included first by `/etc/ssh/sshd_config` (first value wins).
-    pub fn sshd_config(&self, remote_keys: bool) -> String {
+    pub fn sshd_config(&self, remote_keys: bool, host_key: &str) -> String {
         let open = self.open_root(remote_keys);
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         format!(
             "# Written by baleen device access from config.json; do not edit.\n\
-             HostKey /{HOSTKEY_DIR}/ssh_host_ed25519_key\n\
-             AuthorizedKeysFile .ssh/authorized_keys\n\
+             HostKey {host_key}\n\
+             AuthorizedKeysFile .ssh/authorized_keys /{RUN_DIR}/authorized_keys\n\
              PermitRootLogin {}\n\
              PasswordAuthentication {}\n\
              PermitEmptyPasswords {}\n\
@@ -140,10 +140,69 @@ pub fn merge_keys(remote: Option<&str>, local: Option<&str>) -> String {
 /// `access` is None when no configuration is usable: the keys in place stay.
 /// Returns whether root may log in without a password.
 pub fn apply(root: &Path, access: Option<&Access>) -> Result<bool> {
-    let hostkeys = root.join(HOSTKEY_DIR);
-    std::fs::create_dir_all(&hostkeys)
-        .with_context(|| format!("creating {}", hostkeys.display()))?;
-    let key = hostkeys.join("ssh_host_ed25519_key");
+    let dir = root.join(RUN_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    // Kept on the state partition; in /run when that is not writable (a
+    // device booted without its state partition stays reachable).
+    if let Err(e) = ensure_host_key(&root.join(HOSTKEY_DIR)) {
+        tracing::warn!("{e:#}; using a host key in /{RUN_DIR} for this boot");
+        ensure_host_key(&dir)?;
+    }
+    let ssh_dir = root.join(ROOT_SSH);
+    let (remote, local_text) = match write_keys(&ssh_dir, access) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!("{e:#}; authorized keys go to /{RUN_DIR} for this boot");
+            let local_text = access.map(Access::local_keys);
+            write_private(
+                &dir.join("authorized_keys"),
+                &merge_keys(None, local_text.as_deref()),
+            )?;
+            (None, local_text)
+        }
+    };
+    let remote_keys = remote.is_some_and(|t| t.lines().any(|l| check_key(l.trim()).is_ok()));
+    // Without a usable configuration: production rules with the keys in place.
+    let fallback = Access {
+        development: false,
+        keys: local_text
+            .iter()
+            .flat_map(|t| t.lines().map(str::to_string))
+            .collect(),
+        rejected: Vec::new(),
+    };
+    let access = access.unwrap_or(&fallback);
+    write_private(
+        &dir.join("sshd_config"),
+        &access.sshd_config(remote_keys, &host_key_path(root)),
+    )?;
+    let flag = root.join(DEVELOPMENT_FLAG);
+    match deviceconfig::render::development_env(access.development) {
+        Some(text) => {
+            std::fs::write(&flag, text).with_context(|| format!("writing {}", flag.display()))?
+        }
+        None => {
+            let _ = std::fs::remove_file(&flag);
+        }
+    }
+    Ok(access.open_root(remote_keys))
+}
+
+/// The host key sshd uses: the kept one, or this boot's in /run.
+pub fn host_key_path(root: &Path) -> String {
+    let kept = format!("/{HOSTKEY_DIR}/ssh_host_ed25519_key");
+    if root.join(&kept[1..]).exists() {
+        kept
+    } else {
+        format!("/{RUN_DIR}/ssh_host_ed25519_key")
+    }
+}
+
+/// Generates an ed25519 host key in `dir` unless one is there.
+fn ensure_host_key(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = dir.join("ssh_host_ed25519_key");
     if !key.exists() {
         let _ = std::fs::remove_file(key.with_extension("pub"));
         Cmd::new("ssh-keygen")
@@ -161,9 +220,14 @@ pub fn apply(root: &Path, access: Option<&Access>) -> Result<bool> {
             .arg(&key)
             .run()?;
     }
-    let ssh_dir = root.join(ROOT_SSH);
-    std::fs::create_dir_all(&ssh_dir).with_context(|| format!("creating {}", ssh_dir.display()))?;
-    std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Writes `authorized_keys_local` and the merged `authorized_keys` in root's
+/// SSH directory; returns the remote and local key texts found there.
+fn write_keys(ssh_dir: &Path, access: Option<&Access>) -> Result<(Option<String>, Option<String>)> {
+    std::fs::create_dir_all(ssh_dir).with_context(|| format!("creating {}", ssh_dir.display()))?;
+    std::fs::set_permissions(ssh_dir, std::fs::Permissions::from_mode(0o700))?;
     let local = ssh_dir.join("authorized_keys_local");
     if let Some(access) = access {
         if access.keys.is_empty() {
@@ -184,31 +248,7 @@ pub fn apply(root: &Path, access: Option<&Access>) -> Result<bool> {
     if std::fs::read_to_string(&authorized).ok().as_deref() != Some(merged.as_str()) {
         write_private(&authorized, &merged)?;
     }
-    let remote_keys = remote.is_some_and(|t| t.lines().any(|l| check_key(l.trim()).is_ok()));
-    // Without a usable configuration: production rules with the keys in place.
-    let fallback = Access {
-        development: false,
-        keys: local_text
-            .iter()
-            .flat_map(|t| t.lines().map(str::to_string))
-            .collect(),
-        rejected: Vec::new(),
-    };
-    let access = access.unwrap_or(&fallback);
-    let dir = root.join(RUN_DIR);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    write_private(&dir.join("sshd_config"), &access.sshd_config(remote_keys))?;
-    let flag = root.join(DEVELOPMENT_FLAG);
-    match deviceconfig::render::development_env(access.development) {
-        Some(text) => {
-            std::fs::write(&flag, text).with_context(|| format!("writing {}", flag.display()))?
-        }
-        None => {
-            let _ = std::fs::remove_file(&flag);
-        }
-    }
-    Ok(access.open_root(remote_keys))
+    Ok((remote, local_text))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
@@ -229,14 +269,14 @@ mod tests {
     fn production_without_keys_lets_nobody_in() {
         let a = Access::from_config(&json!({}));
         assert!(!a.open_root(false));
-        assert!(a.sshd_config(false).contains("PermitRootLogin prohibit-password\nPasswordAuthentication no\nPermitEmptyPasswords no\n"));
+        assert!(a.sshd_config(false, "/k").contains("PermitRootLogin prohibit-password\nPasswordAuthentication no\nPermitEmptyPasswords no\n"));
         assert_eq!(a.local_keys(), "");
     }
 
     #[test]
     fn development_without_keys_opens_root() {
         let a = Access::from_config(&json!({"developmentMode": true}));
-        assert!(a.sshd_config(false).contains(
+        assert!(a.sshd_config(false, "/k").contains(
             "PermitRootLogin yes\nPasswordAuthentication yes\nPermitEmptyPasswords yes\n"
         ));
         assert!(!a.open_root(true), "cloud keys count as keys");
