@@ -293,7 +293,7 @@ fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
 
     // Things the next boot must still have.
     vm.run_ok(
-        "echo kept > /root/.ssh/marker && echo '# kept' > /etc/udev/rules.d/99-marker.rules \
+        "echo kept > /root/.ssh/marker && echo '# kept' > /etc/udev/rules.d/marker \
          && echo kept > /mnt/data/marker && sync",
     )
     .unwrap();
@@ -333,7 +333,7 @@ fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
 
     // After the reboot.
     assert_eq!(out(&vm, "cat /root/.ssh/marker"), "kept");
-    assert_eq!(out(&vm, "cat /etc/udev/rules.d/99-marker.rules"), "# kept");
+    assert_eq!(out(&vm, "cat /etc/udev/rules.d/marker"), "# kept");
     assert_eq!(out(&vm, "cat /mnt/data/marker"), "kept");
     assert_eq!(out(&vm, "cat /etc/machine-id"), machine_id);
     assert_eq!(

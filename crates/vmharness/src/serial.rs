@@ -457,7 +457,10 @@ mod tests {
         let file = std::fs::read_to_string(&path).unwrap();
         let texts: Vec<&str> = file.lines().map(|l| &l[11..]).collect();
         assert_eq!(texts, ["one", "two", "login: "]);
-        assert!(log.tail(2).ends_with("] two\n  [   0.000] login: "));
+        // Stamps depend on how fast the reader ran: check only the shape.
+        let tail = log.tail(2);
+        assert!(tail.contains("] two\n  ["), "{tail}");
+        assert!(tail.ends_with("] login: "), "{tail}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl Vm {
                 if !banner_seen(port) {
                     if Instant::now() >= deadline {
                         return Err(
-                            self.timeout(format!("SSH banner on 127.0.0.1:{port}"), timeout)
+                            self.timeout(format!("SSH on 127.0.0.1:{port} (no banner yet)"), timeout)
                         );
                     }
                     thread::sleep(Duration::from_millis(250));
