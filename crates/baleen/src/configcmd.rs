@@ -218,12 +218,14 @@ pub fn status(json: bool) -> Result<()> {
             path.display()
         )
     })?;
+    let mut v: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let time = crate::device::time::status(Path::new(DEVICE_ROOT));
     if json {
-        print!("{text}");
+        v["time"] = time;
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     println!(
         "config.json revision {}",
         v["revision"].as_str().unwrap_or("-")
@@ -244,5 +246,28 @@ pub fn status(json: bool) -> Result<()> {
     if let Some(e) = v["lastError"].as_str() {
         println!("  last error: {e}");
     }
+    println!("clock {}", time["clock"].as_str().unwrap_or("-"));
+    if let Some(steps) = time["steps"].as_object() {
+        for (step, record) in steps {
+            let result = record["result"]
+                .as_str()
+                .map(String::from)
+                .or_else(|| record["source"].as_str().map(|s| format!("source {s}")))
+                .unwrap_or_default();
+            let offset = record["offsetSeconds"].as_f64().unwrap_or(0.0);
+            println!(
+                "  {step:<15} {result} ({offset:+.1} s) at {}",
+                record["at"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    println!(
+        "  ntp             {}",
+        if time["ntp"]["synchronized"] == true {
+            "synchronized"
+        } else {
+            "not synchronized"
+        }
+    );
     Ok(())
 }

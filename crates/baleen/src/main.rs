@@ -81,6 +81,16 @@ enum DeviceCommand {
     ConfigAgent,
     /// Turn on the zram swap: half of RAM, at most 4096000 KiB.
     Zram,
+    /// Early clock: never before the build time, then the saved clock, then the RTC.
+    TimeEarly,
+    /// Save the clock to the state partition (never below the build time).
+    TimeSave,
+    /// Step the clock from the connectivity check's HTTPS Date (before chronyd starts).
+    TimeHttps,
+    /// Check that chronyd keeps the clock synchronized; restart it if not.
+    NtpHealth,
+    /// NetworkManager dispatcher: NTP servers from DHCP, chronyd online/offline.
+    NtpDispatch { interface: String, action: String },
 }
 
 fn main() {
@@ -128,6 +138,13 @@ fn dispatch(command: Command) -> Result<()> {
             DeviceCommand::RecoverSsh => device::recover_ssh(),
             DeviceCommand::Zram => device::zram::apply(),
             DeviceCommand::ConfigAgent => device::agent::run(std::path::Path::new("/")),
+            DeviceCommand::TimeEarly => device::time::early(std::path::Path::new("/")),
+            DeviceCommand::TimeSave => device::time::save(std::path::Path::new("/")),
+            DeviceCommand::TimeHttps => device::time::https(std::path::Path::new("/")),
+            DeviceCommand::NtpHealth => device::time::ntp_health(std::path::Path::new("/")),
+            DeviceCommand::NtpDispatch { interface, action } => {
+                device::time::ntp_dispatch(std::path::Path::new("/"), &interface, &action)
+            }
         },
     }
 }

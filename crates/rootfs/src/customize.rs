@@ -3,8 +3,8 @@
 //! follows, the device binary and the SSH service on port 22222.
 
 use crate::osrelease::OsRelease;
-use crate::units;
 use crate::{Error, Result, write};
+use crate::{daemons, timeunits, units};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use subprocess::Cmd;
@@ -100,14 +100,6 @@ fn filesystem(root: &Path) -> Result<()> {
     }
     // Debian's ifupdown bridge for NetworkManager; baleen has no ifupdown.
     let _ = std::fs::remove_file(root.join("etc/NetworkManager/dispatcher.d/01-ifupdown"));
-    if root.join("usr/sbin/NetworkManager").exists() {
-        let resolv = root.join("etc/resolv.conf");
-        let _ = std::fs::remove_file(&resolv);
-        symlink("../run/NetworkManager/resolv.conf", &resolv).map_err(|source| Error::Write {
-            path: resolv,
-            source,
-        })?;
-    }
     Ok(())
 }
 
@@ -193,6 +185,17 @@ fn units(root: &Path) -> Result<()> {
     for (rel, text) in units::FILES {
         replace_file(&root.join(rel), text)?;
     }
+    // The resolver, chrony, dnsmasq and NetworkManager frames config.json
+    // plugs into (resolv.conf replaces Debian's symlink).
+    for (rel, text) in daemons::files() {
+        replace_file(&root.join(rel), text)?;
+    }
+    for (rel, text, mode) in timeunits::FILES {
+        let path = root.join(rel);
+        replace_file(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|source| Error::Write { path, source })?;
+    }
     let root_arg = format!("--root={}", root.display());
     Cmd::new("systemctl")
         .package("systemd")
@@ -205,6 +208,8 @@ fn units(root: &Path) -> Result<()> {
         .arg(&root_arg)
         .arg("enable")
         .args(units::ENABLED_UNITS)
+        .args(daemons::ENABLED_UNITS)
+        .args(timeunits::ENABLED_UNITS)
         .run()?;
     Ok(())
 }

@@ -5,8 +5,10 @@
 
 pub mod bootstrap;
 pub mod customize;
+pub mod daemons;
 pub mod fingerprint;
 pub mod osrelease;
+pub mod timeunits;
 pub mod units;
 
 use std::path::PathBuf;

@@ -187,6 +187,8 @@ After=local-fs.target baleen-identity.service baleen-access.service
 RequiresMountsFor=/mnt/boot
 
 [Service]
+# Ready once the first pass rendered /run (dnsmasq's and chrony's sources).
+Type=notify
 ExecStart=/usr/bin/baleen device config-agent
 Restart=always
 RestartSec=2

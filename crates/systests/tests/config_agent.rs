@@ -176,6 +176,90 @@ fn config_changes_apply_live_and_removal_reverts() {
         "NetworkManager --print-config | grep -q '^enabled=false'",
     ));
 
+    // DNS: dnsmasq answers on 127.0.0.2 with the default upstream, then the
+    // configured ones (documentation addresses, never reachable), then none.
+    assert_eq!(out(&vm, "cat /run/dnsmasq.servers"), "server=8.8.8.8");
+    assert_eq!(
+        out(&vm, "grep -c '^nameserver 127.0.0.2$' /etc/resolv.conf"),
+        "1"
+    );
+    out(&vm, "ss -lnu | grep -q '127.0.0.2:53 '");
+    latencies.push(edit_until(
+        &vm,
+        ".dnsServers = \"192.0.2.53 192.0.2.54\"",
+        "journalctl -u dnsmasq --no-pager | grep -q 'using nameserver 192.0.2.54#53'",
+    ));
+    assert_eq!(
+        out(&vm, "cat /run/dnsmasq.servers"),
+        "server=192.0.2.53\nserver=192.0.2.54"
+    );
+    latencies.push(edit_until(
+        &vm,
+        ".dnsServers = \"null\"",
+        "[ ! -s /run/dnsmasq.servers ]",
+    ));
+    latencies.push(edit_until(
+        &vm,
+        "del(.dnsServers)",
+        "grep -qx server=8.8.8.8 /run/dnsmasq.servers",
+    ));
+    assert_eq!(out(&vm, "systemctl is-active dnsmasq.service"), "active");
+
+    // NTP: the configured server joins chrony's sources, and leaves again.
+    latencies.push(edit_until(
+        &vm,
+        ".ntpServers = \"192.0.2.123\"",
+        "chronyc -n sources | grep -q 192.0.2.123",
+    ));
+    latencies.push(edit_until(
+        &vm,
+        "del(.ntpServers)",
+        "! chronyc -n sources | grep -q 192.0.2.123",
+    ));
+
+    // country: the regulatory domain of a (simulated) Wi-Fi radio.
+    vm.run_ok("modprobe mac80211_hwsim radios=1").unwrap();
+    latencies.push(edit_until(
+        &vm,
+        ".country = \"DE\"",
+        "iw reg get | grep -q '^country DE'",
+    ));
+    latencies.push(edit_until(
+        &vm,
+        "del(.country)",
+        "iw reg get | grep -q '^country 00'",
+    ));
+
+    // Extra firmware from an engine volume: the kernel's search path.
+    vm.run_ok("mkdir -p /var/lib/docker/volumes/extra-firmware/_data")
+        .unwrap();
+    let fw = "/sys/module/firmware_class/parameters/path";
+    latencies.push(edit_until(
+        &vm,
+        ".os.kernel.extraFirmwareVol = \"extra-firmware\"",
+        &format!("grep -qx /var/lib/docker/volumes/extra-firmware/_data {fw}"),
+    ));
+    latencies.push(edit_until(
+        &vm,
+        "del(.os.kernel)",
+        &format!("[ -z \"$(cat {fw})\" ]"),
+    ));
+
+    // No fan on this device type: a note in status, no error.
+    edit_until(
+        &vm,
+        ".os.fan.profile = \"quiet\"",
+        "baleen status --json | grep -q 'not supported on qemux86-64'",
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&out(&vm, "baleen status --json")).unwrap();
+    assert!(status["lastError"].is_null(), "{status}");
+    edit_until(
+        &vm,
+        "del(.os.fan)",
+        "! baleen status --json | grep -q 'not supported'",
+    );
+
     // The CA is trusted while configured, and not once removed.
     vm.copy_to(&leaf, "/tmp/leaf.pem").unwrap();
     let verify =

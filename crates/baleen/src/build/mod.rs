@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Packages every image has, whatever the device type.
-pub const BASE_PACKAGES: [&str; 16] = [
+pub const BASE_PACKAGES: [&str; 22] = [
     "systemd",
     "systemd-sysv",
     "udev",
@@ -30,6 +30,12 @@ pub const BASE_PACKAGES: [&str; 16] = [
     "zstd",
     "avahi-daemon",
     "jq",
+    "chrony",
+    "dnsmasq-base",
+    "iw",
+    "wireless-regdb",
+    "nftables",
+    "util-linux-extra",
 ];
 
 #[derive(clap::Args)]

@@ -144,16 +144,20 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Things to tell the user (e.g. "takes effect at the next boot").
     pub notes: Vec<String>,
+    /// What the agent notes down once the steps succeeded (the value it
+    /// applied to something it cannot read back, such as the kernel's
+    /// regulatory domain): a failed step is tried again next time.
+    pub records: Vec<FileOp>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.steps.is_empty()
+        self.files.is_empty() && self.steps.is_empty() && self.records.is_empty()
     }
 }
 
 /// Per subsystem: its name and the config keys it applies.
-pub const SUBSYSTEMS: [(&str, &str); 6] = [
+pub const SUBSYSTEMS: [(&str, &str); 12] = [
     ("hostname", "hostname, uuid"),
     ("access", "os.sshKeys, developmentMode"),
     ("udev", "os.udevRules"),
@@ -163,20 +167,19 @@ pub const SUBSYSTEMS: [(&str, &str); 6] = [
     ),
     ("ca", "balenaRootCA"),
     ("logging", "persistentLogging"),
+    ("dns", "dnsServers"),
+    ("ntp", "ntpServers"),
+    ("country", "country"),
+    ("fan", "os.fan.profile"),
+    ("power", "os.power.mode"),
+    ("firmware", "os.kernel.extraFirmwareVol"),
 ];
 
-/// Keys read by the OS that this build does not apply yet (reported in status).
-pub const NOT_APPLIED: [(&str, &str); 6] = [
-    (
-        "dnsServers",
-        "applied with the DNS work (dnsmasq at 127.0.0.2)",
-    ),
-    ("ntpServers", "applied with the time work (chrony)"),
-    ("country", "needs a Wi-Fi device and iw"),
-    ("os.fan.profile", "not supported on this device type"),
-    ("os.power.mode", "not supported on this device type"),
-    ("os.kernel.extraFirmwareVol", "needs the container engine"),
-];
+/// Keys read by the OS that this build does not apply (reported in status).
+pub const NOT_APPLIED: [(&str, &str); 1] = [(
+    "developmentMode",
+    "the container engine's TCP socket: there is no engine in this image yet",
+)];
 
 fn read_opt(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
@@ -191,6 +194,28 @@ pub fn plan_all(root: &Path, config: &Config) -> Vec<(&'static str, Result<Plan>
         ("networkmanager", Ok(plan_networkmanager(root, config))),
         ("ca", plan_ca(root, config)),
         ("logging", Ok(plan_logging(root, config))),
+        ("dns", Ok(network::plan_dns(root, config))),
+        ("ntp", Ok(network::plan_ntp(root, config))),
+        ("country", Ok(network::plan_country(root, config))),
+        (
+            "fan",
+            Ok(hardware::plan_backend(
+                root,
+                "os.fan.profile",
+                "fan-profile",
+                config.fan_profile.as_deref(),
+            )),
+        ),
+        (
+            "power",
+            Ok(hardware::plan_backend(
+                root,
+                "os.power.mode",
+                "power-mode",
+                config.power_mode.as_deref(),
+            )),
+        ),
+        ("firmware", Ok(hardware::plan_firmware(root, config))),
     ]
 }
 
@@ -543,6 +568,7 @@ pub fn reconcile(root: &Path, dry_run: bool) -> Report {
                     .iter()
                     .map(FileOp::describe)
                     .chain(plan.steps.iter().map(|s| s.argv.join(" ")))
+                    .chain(plan.records.iter().map(FileOp::describe))
                     .collect();
                 if !plan.is_empty() {
                     if dry_run {
@@ -555,7 +581,7 @@ pub fn reconcile(root: &Path, dry_run: bool) -> Report {
                                 outcome.error = Some(format!("{e:#}"));
                             }
                         }
-                        report.writes += plan.files.len();
+                        report.writes += plan.files.len() + plan.records.len();
                         report.commands += plan.steps.len();
                     }
                 }
@@ -585,6 +611,9 @@ fn execute(plan: &Plan) -> Result<()> {
             Err(e) if step.may_fail => tracing::warn!("{e}"),
             Err(e) => return Err(e.into()),
         }
+    }
+    for op in &plan.records {
+        op.apply()?;
     }
     Ok(())
 }
@@ -667,6 +696,9 @@ pub fn run(root: &Path) -> Result<()> {
         )
         .with_context(|| format!("watching {}", boot.display()))?;
     apply_once(root, false);
+    // Ready: what is ordered after the agent (dnsmasq, chrony) finds its
+    // rendered files in /run.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut buffer = [0u8; 4096];
     loop {
         let events = inotify
@@ -690,5 +722,7 @@ pub fn run(root: &Path) -> Result<()> {
     }
 }
 
+mod hardware;
+mod network;
 #[cfg(test)]
 mod tests;

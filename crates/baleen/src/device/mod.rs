@@ -10,6 +10,7 @@ pub mod logs;
 pub mod reboot;
 pub mod reset;
 pub mod ssh;
+pub mod time;
 pub mod zram;
 
 use anyhow::{Context, Result};

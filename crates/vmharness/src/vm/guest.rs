@@ -35,9 +35,8 @@ impl Vm {
             if let Some(port) = self.ssh_port() {
                 if !banner_seen(port) {
                     if Instant::now() >= deadline {
-                        return Err(
-                            self.timeout(format!("SSH on 127.0.0.1:{port} (no banner yet)"), timeout)
-                        );
+                        return Err(self
+                            .timeout(format!("SSH on 127.0.0.1:{port} (no banner yet)"), timeout));
                     }
                     thread::sleep(Duration::from_millis(250));
                     continue;

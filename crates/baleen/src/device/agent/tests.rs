@@ -192,3 +192,143 @@ fn a_root_ca_joins_the_image_bundle_and_removal_restores_it() {
     assert!(!r.join(CA_IN_STORE).exists());
     assert_eq!(plan.steps[0].argv[0], "find");
 }
+
+#[test]
+fn dns_servers_render_default_none_and_list_and_reload_dnsmasq() {
+    let cases = [
+        (json!({}), "server=8.8.8.8\n"),
+        (json!({"dnsServers": "null"}), ""),
+        (
+            json!({"dnsServers": "1.1.1.1 9.9.9.9"}),
+            "server=1.1.1.1\nserver=9.9.9.9\n",
+        ),
+    ];
+    for (value, want) in cases {
+        let dir = root_with(&value);
+        let plan = network::plan_dns(dir.path(), &config_of(&value));
+        assert_eq!(
+            plan.files,
+            vec![FileOp::Write {
+                path: dir.path().join("run/dnsmasq.servers"),
+                content: want.to_string(),
+                mode: 0o644
+            }],
+            "{value}"
+        );
+        assert_eq!(
+            plan.steps[0].argv,
+            [
+                "systemctl",
+                "--no-block",
+                "try-reload-or-restart",
+                "dnsmasq.service"
+            ]
+        );
+        apply_files(dir.path(), &config_of(&value));
+        assert!(network::plan_dns(dir.path(), &config_of(&value)).is_empty());
+    }
+}
+
+#[test]
+fn ntp_servers_are_added_to_the_pools_and_removed_again() {
+    let value = json!({"ntpServers": "10.0.0.5"});
+    let dir = root_with(&value);
+    let plan = network::plan_ntp(dir.path(), &config_of(&value));
+    assert_eq!(plan.files.len(), 2, "{plan:?}");
+    assert_eq!(plan.steps[0].argv, ["chronyc", "-n", "reload", "sources"]);
+    apply_files(dir.path(), &config_of(&value));
+    let added =
+        std::fs::read_to_string(dir.path().join("run/chrony/added_config.sources")).unwrap();
+    assert_eq!(
+        added,
+        "pool 10.0.0.5 iburst minpoll 14 maxpoll 14 maxsources 1\n"
+    );
+    let plan = network::plan_ntp(dir.path(), &config_of(&json!({})));
+    assert_eq!(
+        plan.files,
+        vec![FileOp::Remove {
+            path: dir.path().join("run/chrony/added_config.sources")
+        }]
+    );
+}
+
+#[test]
+fn country_needs_the_wifi_stack_and_removal_goes_back_to_the_world_domain() {
+    let value = json!({"country": "DE"});
+    let dir = root_with(&value);
+    let plan = network::plan_country(dir.path(), &config_of(&value));
+    assert!(plan.steps.is_empty());
+    assert!(plan.notes[0].contains("no Wi-Fi support"), "{plan:?}");
+    std::fs::create_dir_all(dir.path().join("sys/module/cfg80211")).unwrap();
+    let plan = network::plan_country(dir.path(), &config_of(&value));
+    assert_eq!(plan.steps[0].argv, ["iw", "reg", "set", "DE"]);
+    for op in &plan.records {
+        op.apply().unwrap();
+    }
+    assert!(network::plan_country(dir.path(), &config_of(&value)).is_empty());
+    let plan = network::plan_country(dir.path(), &config_of(&json!({})));
+    assert_eq!(plan.steps[0].argv, ["iw", "reg", "set", "00"]);
+    for op in &plan.records {
+        op.apply().unwrap();
+    }
+    // Back at the world domain: nothing more to do, with the key absent or "00".
+    assert!(network::plan_country(dir.path(), &config_of(&json!({}))).is_empty());
+    assert!(network::plan_country(dir.path(), &config_of(&json!({"country": "00"}))).is_empty());
+}
+
+#[test]
+fn fan_and_power_without_a_backend_are_not_supported_notes() {
+    let value = json!({"os": {"fan": {"profile": "quiet"}}});
+    let dir = root_with(&value);
+    std::fs::write(dir.path().join("etc/os-release"), "SLUG=\"qemux86-64\"\n").unwrap();
+    let plan = hardware::plan_backend(dir.path(), "os.fan.profile", "fan-profile", Some("quiet"));
+    assert!(plan.is_empty());
+    assert_eq!(
+        plan.notes,
+        ["os.fan.profile \"quiet\": not supported on qemux86-64"]
+    );
+    assert!(hardware::plan_backend(dir.path(), "os.power.mode", "power-mode", None).is_empty());
+    let backend = dir.path().join(hardware::BACKENDS_DIR).join("fan-profile");
+    std::fs::create_dir_all(backend.parent().unwrap()).unwrap();
+    std::fs::write(&backend, "#!/bin/sh\n").unwrap();
+    let plan = hardware::plan_backend(dir.path(), "os.fan.profile", "fan-profile", Some("quiet"));
+    assert_eq!(
+        plan.steps[0].argv,
+        ["/usr/lib/baleen/backends/fan-profile", "quiet"]
+    );
+    assert_eq!(plan.records.len(), 1);
+}
+
+#[test]
+fn extra_firmware_volume_sets_and_clears_the_kernel_path() {
+    let value = json!({"os": {"kernel": {"extraFirmwareVol": "extra-firmware"}}});
+    let dir = root_with(&value);
+    let param = dir.path().join("sys/module/firmware_class/parameters/path");
+    std::fs::create_dir_all(param.parent().unwrap()).unwrap();
+    std::fs::write(&param, "\n").unwrap();
+    let plan = hardware::plan_firmware(dir.path(), &config_of(&value));
+    assert!(
+        plan.is_empty() && plan.notes[0].contains("no volume directory"),
+        "{plan:?}"
+    );
+    let volume = "var/lib/docker/volumes/extra-firmware/_data";
+    std::fs::create_dir_all(dir.path().join(volume)).unwrap();
+    let plan = hardware::plan_firmware(dir.path(), &config_of(&value));
+    assert_eq!(
+        plan.files,
+        vec![FileOp::WriteInPlace {
+            path: param.clone(),
+            content: format!("/{volume}")
+        }]
+    );
+    std::fs::write(&param, format!("/{volume}\n")).unwrap();
+    assert!(hardware::plan_firmware(dir.path(), &config_of(&value)).is_empty());
+    let plan = hardware::plan_firmware(dir.path(), &config_of(&json!({})));
+    assert_eq!(
+        plan.files,
+        vec![FileOp::WriteInPlace {
+            path: param,
+            content: "\0".into()
+        }]
+    );
+}

@@ -1,0 +1,84 @@
+//! The configuration of the daemons `config.json` drives, as shipped in the
+//! image: chrony, dnsmasq, NetworkManager and the system resolver. The
+//! parts that depend on `config.json` are rendered into `/run` at run time
+//! by the config agent (`baleen device config-agent`); what is here is the
+//! fixed frame they plug into (see `deviceconfig::render` for the text).
+
+use deviceconfig::render;
+
+/// dnsmasq-base ships no unit: this is the host's DNS forwarder on
+/// 127.0.0.2, as balenaOS runs it. It starts after the config agent's first
+/// pass wrote `/run/dnsmasq.servers`; `systemctl reload` re-reads that file.
+fn dnsmasq_service() -> String {
+    format!(
+        "\
+[Unit]
+Description=DNS forwarder for the host on {listen} (baleen)
+Wants=nss-lookup.target
+Before=nss-lookup.target network.target
+After=network-pre.target baleen-config.service
+
+[Service]
+ExecStart={argv}
+ExecReload=/bin/kill -HUP $MAINPID
+OOMScoreAdjust=-1000
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+",
+        listen = render::DNS_LISTEN_ADDRESS,
+        argv = render::dnsmasq_argv(false).join(" "),
+    )
+}
+
+/// `/run/chrony` must belong to chronyd's user before chronyd starts, or
+/// its command socket there is refused (see `render::chrony_conf`).
+pub const TMPFILES: &str = "\
+# baleen: run-time directories of the daemons config.json drives.
+d /run/chrony 0750 _chrony _chrony -
+";
+
+/// (path relative to the root, content) of every file this module ships.
+pub fn files() -> Vec<(&'static str, String)> {
+    vec![
+        (render::CHRONY_CONF, render::chrony_conf()),
+        (render::RESOLV_CONF, render::resolv_conf()),
+        (render::NM_CONF, render::networkmanager_conf()),
+        ("etc/systemd/system/dnsmasq.service", dnsmasq_service()),
+        ("usr/lib/tmpfiles.d/baleen.conf", TMPFILES.to_string()),
+        // dnsmasq refuses to start without its --conf-dir (dnsmasq-base has none).
+        (
+            "etc/dnsmasq.d/README",
+            "Extra configuration for the host's dnsmasq: *.conf files here are read.\n".to_string(),
+        ),
+    ]
+}
+
+/// Units of this module enabled in every image.
+pub const ENABLED_UNITS: [&str; 1] = ["dnsmasq.service"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnsmasq_unit_runs_the_rendered_command_line() {
+        let unit = dnsmasq_service();
+        assert!(unit.contains(
+            "ExecStart=/usr/sbin/dnsmasq --keep-in-foreground --log-facility=- \
+             --pid-file=/run/dnsmasq.pid --listen-address=127.0.0.2 --bind-interfaces \
+             --conf-dir=/etc/dnsmasq.d,*.conf --resolv-file=/run/NetworkManager/resolv.conf \
+             --servers-file=/run/dnsmasq.servers\n"
+        ));
+        assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID\n"));
+    }
+
+    #[test]
+    fn resolver_is_a_plain_file_naming_dnsmasq() {
+        let files = files();
+        let resolv = files.iter().find(|(p, _)| *p == "etc/resolv.conf").unwrap();
+        assert!(resolv.1.contains("nameserver 127.0.0.2\n"));
+    }
+}
