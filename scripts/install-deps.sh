@@ -15,6 +15,7 @@ PACKAGES=(
   dnsmasq-base                           # LAN tests: DHCP server in the namespace (no service)
   avahi-daemon avahi-utils dbus-daemon   # LAN tests: mDNS browser on a private system bus
   util-linux isc-dhcp-client             # unshare/nsenter; dhclient for the LAN self-test
+  libcap2 libedit2 libgnutls30 libseccomp2  # libraries of the unpacked chronyd (below)
   ca-certificates curl build-essential pkg-config
 )
 
@@ -27,6 +28,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The time tests' NTP server is Debian's chronyd, unpacked rather than installed: installing
+# the chrony package would replace the host's own time daemon (it conflicts with
+# systemd-timesyncd) and start it. The tests run it with -x: it never sets the host's clock.
+CHRONY_DIR=/var/cache/baleen/host-tools/chrony
+if [ ! -x "$CHRONY_DIR/usr/sbin/chronyd" ]; then
+  echo "install-deps: unpacking Debian's chrony into $CHRONY_DIR (not installed)"
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -q chrony 2>/dev/null || { apt-get update -q && apt-get download -q chrony; })
+  mkdir -p "$CHRONY_DIR"
+  dpkg-deb -x "$tmp"/chrony_*.deb "$CHRONY_DIR"
+  rm -rf "$tmp"
 fi
 
 # Rust >= 1.85. Debian 12 ships 1.63 as `rustc`, and a current one as rustc-web/cargo-web.

@@ -27,11 +27,11 @@ use std::collections::BTreeMap;
 /// chronyd's configuration (Debian's path; balenaOS uses `/etc/chrony.conf`).
 pub const CHRONY_CONF: &str = "etc/chrony/chrony.conf";
 /// chronyd reads every `*.sources` file here at start and on `reload sources`.
-pub const CHRONY_SOURCE_DIR: &str = "run/chrony";
-/// The default pools, present only while `ntpServers` is not set.
-pub const CHRONY_DEFAULT_SOURCES: &str = "run/chrony/default.sources";
+pub const CHRONY_SOURCE_DIR: &str = "run/baleen/chrony";
+/// The default pools (always: `ntpServers` adds to them).
+pub const CHRONY_DEFAULT_SOURCES: &str = "run/baleen/chrony/default.sources";
 /// The servers of `ntpServers`.
-pub const CHRONY_CONFIG_SOURCES: &str = "run/chrony/added_config.sources";
+pub const CHRONY_CONFIG_SOURCES: &str = "run/baleen/chrony/added_config.sources";
 
 /// balenaOS's default NTP servers.
 pub const DEFAULT_NTP_POOLS: [&str; 4] = [
@@ -58,20 +58,19 @@ fn pool_lines<'a>(servers: impl Iterator<Item = &'a str>) -> String {
 /// `/etc/chrony/chrony.conf`, read by chronyd; shipped in the image.
 ///
 /// balenaOS's directives in its order, except that the resinio pools moved to
-/// `/run/chrony/default.sources` ([`chrony_sources`]) so that `ntpServers`
-/// can replace them. `makestep 1 -1`: step the clock whenever it is more than
-/// 1 s off, at any time, not only at start.
+/// `/run/baleen/chrony/default.sources` ([`chrony_sources`]), next to the
+/// sources `ntpServers` and DHCP add. `makestep 1 -1`: step the clock
+/// whenever it is more than 1 s off, at any time, not only at start.
 ///
-/// chronyd (Debian: user `_chrony`) must be able to read `/run/chrony` and
-/// own it when it starts, or its command socket there is refused and
-/// `chronyc reload sources` fails: the directory is created as chronyd
-/// expects (`d /run/chrony 0750 _chrony _chrony`), not by the applier.
+/// The sources live in `/run/baleen/chrony`, not `/run/chrony`: Debian's
+/// unit makes `/run/chrony` its `RuntimeDirectory=`, which systemd deletes
+/// when chronyd stops.
 pub fn chrony_conf() -> String {
     "\
-# baleen: chronyd as balenaOS sets it up. Servers come from /run/chrony/*.sources:
-# default.sources (the resinio pools, while config.json has no ntpServers),
-# added_config.sources (ntpServers) and added_dhcp_<interface>.sources (DHCP).
-sourcedir /run/chrony
+# baleen: chronyd as balenaOS sets it up. Servers come from /run/baleen/chrony/*.sources:
+# default.sources (the resinio pools), added_config.sources (ntpServers, added to the pools)
+# and added_dhcp_<interface>.sources (NTP servers from DHCP).
+sourcedir /run/baleen/chrony
 driftfile /var/lib/chrony/drift
 maxupdateskew 100
 makestep 1 -1
@@ -84,17 +83,17 @@ acquisitionport 1234
     .to_string()
 }
 
-/// The two `config.json`-driven source files in `/run/chrony`; `None` means
+/// The two `config.json`-driven source files in `/run/baleen/chrony`; `None` means
 /// the file must not exist (the applier removes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChronySources {
-    /// `/run/chrony/default.sources`.
+    /// `/run/baleen/chrony/default.sources`.
     pub default_sources: Option<String>,
-    /// `/run/chrony/added_config.sources`.
+    /// `/run/baleen/chrony/added_config.sources`.
     pub added_config: Option<String>,
 }
 
-/// `/run/chrony/default.sources` and `/run/chrony/added_config.sources`,
+/// `/run/baleen/chrony/default.sources` and `/run/baleen/chrony/added_config.sources`,
 /// read by chronyd (then `chronyc reload sources`), from `ntpServers`.
 ///
 /// | `ntp_servers` | `config.json` `ntpServers` | Sources |
@@ -112,7 +111,7 @@ pub fn chrony_sources(ntp_servers: Option<&[String]>) -> ChronySources {
     }
 }
 
-/// The file name, in `/run/chrony`, of the NTP servers DHCP offered on
+/// The file name, in `/run/baleen/chrony`, of the NTP servers DHCP offered on
 /// `interface`: `added_dhcp_<interface>.sources`. `None` when `interface`
 /// is not a usable network interface name (1 to 15 bytes, no `/`, no white
 /// space, not `.` or `..`), so a name can never point outside the directory.
@@ -127,7 +126,7 @@ pub fn dhcp_ntp_file_name(interface: &str) -> Option<String> {
     usable.then(|| format!("added_dhcp_{interface}.sources"))
 }
 
-/// `/run/chrony/added_dhcp_<interface>.sources`, read by chronyd, from the
+/// `/run/baleen/chrony/added_dhcp_<interface>.sources`, read by chronyd, from the
 /// NTP servers a DHCP lease offers (option 42; NetworkManager's
 /// `DHCP4_NTP_SERVERS`). `None` when none are offered: the file is removed,
 /// as it is when the interface goes down. Same line format as balenaOS's
@@ -607,9 +606,8 @@ BALENA_DEVELOPMENT_ARGS=\"-H tcp://0.0.0.0:2375\"
 /// The command that sets the Wi-Fi regulatory domain from `country`
 /// (ISO 3166 alpha-2, upper-cased; `00` is the world domain), run by the
 /// applier. `None` — do nothing — when `country` is unset or not a two-letter
-/// code: as in balenaOS, the driver's default then stays, and removing the
-/// key does not reset a domain set earlier in this boot (the next boot starts
-/// from the driver default again).
+/// code. (The config agent passes `00` when the key was removed, so that
+/// removing it undoes it; balenaOS keeps the old domain until the next boot.)
 pub fn regulatory_domain_argv(country: Option<&str>) -> Option<Vec<String>> {
     let code = country?.trim().to_ascii_uppercase();
     let valid = code == "00" || (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()));
@@ -664,7 +662,7 @@ pub enum Action {
     /// (`systemctl restart systemd-udev-trigger.service`, as balenaOS) so the
     /// rules apply to devices already present. No 60 s sleep first (§8 item 17).
     ReloadUdevRules,
-    /// `chronyc reload sources`: chronyd re-reads `/run/chrony/*.sources`.
+    /// `chronyc reload sources`: chronyd re-reads `/run/baleen/chrony/*.sources`.
     /// Fails harmlessly while chronyd is not running yet; it reads them at start.
     ChronyReloadSources,
     /// Run [`regulatory_domain_argv`] for the new `country` (nothing when it

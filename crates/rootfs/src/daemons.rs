@@ -33,11 +33,11 @@ WantedBy=multi-user.target
     )
 }
 
-/// `/run/chrony` must belong to chronyd's user before chronyd starts, or
-/// its command socket there is refused (see `render::chrony_conf`).
+/// Where the config agent and the DHCP dispatcher put chronyd's sources
+/// (see `render::chrony_conf` for why not `/run/chrony`).
 pub const TMPFILES: &str = "\
 # baleen: run-time directories of the daemons config.json drives.
-d /run/chrony 0750 _chrony _chrony -
+d /run/baleen/chrony 0755 root root -
 ";
 
 /// (path relative to the root, content) of every file this module ships.

@@ -2,7 +2,7 @@
 //!
 //! [`Lan::new`] creates a [`NetNs`] (bridge `br0` at `10.0.2.2/24`) and runs dnsmasq on `br0` as
 //! its DHCP server, handing out exactly one address, the [`DEFAULT_GUEST_ADDR`] `10.0.2.15`
-//! (lease 1h, router `10.0.2.2`, no DNS: `--port=0`). A VM joins with
+//! (lease 1h, router and NTP server (option 42) `10.0.2.2`, no DNS: `--port=0`). A VM joins with
 //! `Vm::builder(..).netns(Some(lan.ns()))`. [`Lan::avahi`] starts an mDNS browser in the same
 //! namespace, so a test can resolve `<host>.local` and browse `_ssh._tcp` the way a laptop on
 //! the device's LAN would. [`Lan::add_host`] adds another machine (its own namespace, joined to
@@ -63,6 +63,7 @@
 //! * If the test process is killed (no `Drop`), the daemons keep running in the orphaned
 //!   namespace until killed by hand; [`NetNs`] removes stale namespaces on its next use.
 
+use crate::logwait::{Failed, log_tail};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -84,7 +85,6 @@ const POLL: Duration = Duration::from_millis(50);
 const RETRY: Duration = Duration::from_millis(500);
 /// The shortest run given to one client attempt, however little of the caller's timeout is left.
 const MIN_ATTEMPT: Duration = Duration::from_secs(2);
-const LOG_TAIL_LINES: usize = 30;
 
 /// What setting up or using the LAN failed with.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +295,8 @@ fn dnsmasq_argv(dir: &Path, router: &str) -> Vec<String> {
             "--dhcp-range={DEFAULT_GUEST_ADDR},{DEFAULT_GUEST_ADDR},255.255.255.0,{LEASE_TIME}"
         ),
         format!("--dhcp-option=option:router,{router}"),
+        // The LAN's NTP server (option 42), for guests that take NTP servers from DHCP.
+        format!("--dhcp-option=option:ntp-server,{router}"),
         "--dhcp-authoritative".into(),
         "--dhcp-ignore-clid".into(),
         "--no-ping".into(),
@@ -805,34 +807,17 @@ fn wait_for_log(
     timeout: Duration,
     ready: impl Fn(&str) -> bool,
 ) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if ready(&text) {
-            return Ok(());
-        }
-        if !process.is_running() {
-            return Err(Error::Exited {
-                what: what.to_owned(),
-                log_tail: log_tail(log),
-            });
-        }
-        if started.elapsed() >= timeout {
-            return Err(Error::Timeout {
-                what: format!("{what} to start"),
-                waited: timeout,
-                log_tail: log_tail(log),
-            });
-        }
-        thread::sleep(POLL);
-    }
-}
-
-/// The last lines of a log, for error messages (the log itself is removed with its owner).
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    crate::logwait::wait_for_log(log, process, timeout, ready).map_err(|failed| match failed {
+        Failed::Exited(log_tail) => Error::Exited {
+            what: what.to_owned(),
+            log_tail,
+        },
+        Failed::TimedOut(log_tail) => Error::Timeout {
+            what: format!("{what} to start"),
+            waited: timeout,
+            log_tail,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -846,7 +831,8 @@ mod tests {
             argv.join(" "),
             "dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=br0 \
              --bind-interfaces --dhcp-range=10.0.2.15,10.0.2.15,255.255.255.0,1h \
-             --dhcp-option=option:router,10.0.2.2 --dhcp-authoritative --dhcp-ignore-clid \
+             --dhcp-option=option:router,10.0.2.2 --dhcp-option=option:ntp-server,10.0.2.2 \
+             --dhcp-authoritative --dhcp-ignore-clid \
              --no-ping --dhcp-leasefile=/tmp/lan/dnsmasq.leases --pid-file=/tmp/lan/dnsmasq.pid \
              --log-facility=- --log-dhcp"
         );

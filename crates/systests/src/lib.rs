@@ -13,6 +13,8 @@
 //! these suites never pass by testing nothing.
 
 pub mod lan;
+mod logwait;
+pub mod timeservers;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -200,6 +202,42 @@ impl Scratch {
     /// A sparse copy of a test image, for tests that change it before boot.
     pub fn copy_of(&self, variant: &str) -> PathBuf {
         copy_image(&test_image(variant), &self.0)
+    }
+
+    /// A copy of `variant` with `config` as its config.json (`baleen config inject`).
+    pub fn image_with_config(&self, variant: &str, config: &serde_json::Value) -> PathBuf {
+        let image = self.copy_of(variant);
+        let path = self.0.join("config.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let out = baleen([
+            "config".as_ref(),
+            "inject".as_ref(),
+            image.as_os_str(),
+            path.as_os_str(),
+        ]);
+        assert!(out.success(), "{out}");
+        image
+    }
+}
+
+/// Waits until the guest answers SSH from a boot other than `before` (a boot id).
+pub fn wait_for_new_boot(vm: &vmharness::Vm, before: &str, timeout: std::time::Duration) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(id) = vm.ssh().run_ok(
+            "cat /proc/sys/kernel/random/boot_id",
+            Duration::from_secs(30),
+        ) {
+            if id.trim() != before {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not come back from a reboot"
+        );
+        std::thread::sleep(Duration::from_secs(2));
     }
 }
 

@@ -5,26 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use systests::Scratch;
 use vmharness::Vm;
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
-
-/// A copy of `variant` with `config` as its config.json.
-fn image_with_config(scratch: &Scratch, variant: &str, config: &serde_json::Value) -> PathBuf {
-    let image = scratch.copy_of(variant);
-    let path = scratch.path().join("config.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
-    let out = systests::baleen([
-        "config".as_ref(),
-        "inject".as_ref(),
-        image.as_os_str(),
-        path.as_os_str(),
-    ]);
-    assert!(out.success(), "{out}");
-    image
-}
 
 fn boot(name: &str, image: &Path, key: Option<&Path>) -> Vm {
     let mut builder = Vm::builder(name)
@@ -44,26 +29,6 @@ fn boot(name: &str, image: &Path, key: Option<&Path>) -> Vm {
 
 fn out(vm: &Vm, command: &str) -> String {
     vm.run_ok(command).unwrap().trim().to_string()
-}
-
-/// Waits until the guest answers SSH from a boot other than `before`.
-fn wait_for_new_boot(vm: &Vm, before: &str) {
-    let deadline = Instant::now() + SSH_WAIT;
-    loop {
-        if let Ok(id) = vm.ssh().run_ok(
-            "cat /proc/sys/kernel/random/boot_id",
-            Duration::from_secs(30),
-        ) {
-            if id.trim() != before {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not come back from a reboot"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
 }
 
 /// How a login is attempted.
@@ -154,8 +119,7 @@ fn mount_source(vm: &Vm, target: &str) -> String {
 #[test]
 fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
     let scratch = Scratch::new("running-os");
-    let image = image_with_config(
-        &scratch,
+    let image = scratch.image_with_config(
         "dev",
         &serde_json::json!({
             "deviceType": "qemux86-64",
@@ -329,7 +293,7 @@ fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
         "{waiting}"
     );
     let _ = vm.run("systemctl stop test-app-lock");
-    wait_for_new_boot(&vm, &before);
+    systests::wait_for_new_boot(&vm, &before, SSH_WAIT);
 
     // After the reboot.
     assert_eq!(out(&vm, "cat /root/.ssh/marker"), "kept");
@@ -355,8 +319,7 @@ fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
 #[test]
 fn factory_reset_of_state_and_of_data() {
     let scratch = Scratch::new("reset");
-    let image = image_with_config(
-        &scratch,
+    let image = scratch.image_with_config(
         "dev",
         &serde_json::json!({"deviceType": "qemux86-64", "developmentMode": true}),
     );
@@ -420,8 +383,7 @@ fn production_ssh_keys_only_and_a_broken_config_keeps_the_last_good_keys() {
     std::fs::create_dir_all(dir.join("other")).unwrap();
     let (other, _) = vmharness::ssh_keygen(&dir.join("other")).unwrap();
     let askpass = empty_askpass(&dir);
-    let image = image_with_config(
-        &scratch,
+    let image = scratch.image_with_config(
         "prod",
         &serde_json::json!({
             "deviceType": "qemux86-64",
@@ -491,8 +453,7 @@ fn development_ssh_passwordless_without_keys_keys_only_with_them() {
     let dir = scratch.path().to_path_buf();
     let (key, public) = vmharness::ssh_keygen(&dir).unwrap();
     let askpass = empty_askpass(&dir);
-    let image = image_with_config(
-        &scratch,
+    let image = scratch.image_with_config(
         "dev",
         &serde_json::json!({
             "deviceType": "qemux86-64",
@@ -547,8 +508,7 @@ fn development_ssh_passwordless_without_keys_keys_only_with_them() {
 fn mdns_publishes_the_hostname_and_ssh_on_the_lan() {
     let lan = systests::lan::Lan::new("mdns").unwrap();
     let scratch = Scratch::new("mdns");
-    let image = image_with_config(
-        &scratch,
+    let image = scratch.image_with_config(
         "dev",
         &serde_json::json!({
             "deviceType": "qemux86-64",

@@ -443,6 +443,9 @@ pub fn ntp_dispatch(root: &Path, interface: &str, action: &str) -> Result<()> {
             return Ok(());
         }
     };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let have = std::fs::read_to_string(&path).ok();
     if have != want {
         match &want {

@@ -17,10 +17,10 @@ fn map(items: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn render_chrony_conf() {
     assert_eq!(
         chrony_conf(),
-        "# baleen: chronyd as balenaOS sets it up. Servers come from /run/chrony/*.sources:\n\
-         # default.sources (the resinio pools, while config.json has no ntpServers),\n\
-         # added_config.sources (ntpServers) and added_dhcp_<interface>.sources (DHCP).\n\
-         sourcedir /run/chrony\n\
+        "# baleen: chronyd as balenaOS sets it up. Servers come from /run/baleen/chrony/*.sources:\n\
+         # default.sources (the resinio pools), added_config.sources (ntpServers, added to the pools)\n\
+         # and added_dhcp_<interface>.sources (NTP servers from DHCP).\n\
+         sourcedir /run/baleen/chrony\n\
          driftfile /var/lib/chrony/drift\n\
          maxupdateskew 100\n\
          makestep 1 -1\n\

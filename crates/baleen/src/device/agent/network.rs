@@ -43,8 +43,8 @@ pub fn plan_dns(root: &Path, config: &Config) -> Plan {
     plan
 }
 
-/// `ntpServers` → `/run/chrony/default.sources` (the resinio pools, always)
-/// and `/run/chrony/added_config.sources` (the configured servers, added to
+/// `ntpServers` → `/run/baleen/chrony/default.sources` (the resinio pools, always)
+/// and `/run/baleen/chrony/added_config.sources` (the configured servers, added to
 /// the pools as in balenaOS); a running chronyd re-reads them on
 /// `chronyc reload sources`.
 pub fn plan_ntp(root: &Path, config: &Config) -> Plan {

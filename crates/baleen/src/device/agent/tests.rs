@@ -238,7 +238,7 @@ fn ntp_servers_are_added_to_the_pools_and_removed_again() {
     assert_eq!(plan.steps[0].argv, ["chronyc", "-n", "reload", "sources"]);
     apply_files(dir.path(), &config_of(&value));
     let added =
-        std::fs::read_to_string(dir.path().join("run/chrony/added_config.sources")).unwrap();
+        std::fs::read_to_string(dir.path().join("run/baleen/chrony/added_config.sources")).unwrap();
     assert_eq!(
         added,
         "pool 10.0.0.5 iburst minpoll 14 maxpoll 14 maxsources 1\n"
@@ -247,7 +247,7 @@ fn ntp_servers_are_added_to_the_pools_and_removed_again() {
     assert_eq!(
         plan.files,
         vec![FileOp::Remove {
-            path: dir.path().join("run/chrony/added_config.sources")
+            path: dir.path().join("run/baleen/chrony/added_config.sources")
         }]
     );
 }

@@ -1,0 +1,486 @@
+//! Opening a bundle from a stream: verify the manifest first, then hand out the payloads one
+//! after the other, each checked against the manifest as it is read.
+
+use std::io::{self, BufReader, Read, Write};
+
+use osversion::HostOsVersion;
+use sha2::Digest;
+
+use crate::header::{HEADER_LEN, Header, MAGIC};
+use crate::signature::{self, Policy, Trust};
+use crate::{Error, Manifest, PayloadInfo, ROOTFS, Sha256Sum, TrustedKeys};
+
+/// Largest zstd window a payload may need: 2^24 bytes (16 MiB) of decoder memory.
+pub const MAX_WINDOW_LOG: u32 = 24;
+
+const CHUNK: usize = 1 << 20;
+
+/// An opened bundle whose manifest is verified; its payloads are still to be read.
+///
+/// Works on any reader, seekable or not (a file, an HTTP body): payloads come in manifest
+/// order through [`next_payload`](Self::next_payload).
+pub struct Bundle<R> {
+    manifest: Manifest,
+    trust: Trust,
+    reader: R,
+    state: StreamState,
+}
+
+/// Where the payload stream is.
+#[derive(Debug, Default)]
+struct StreamState {
+    /// The index of the next payload to hand out.
+    next: usize,
+    /// A payload handed out and not yet verified.
+    open: Option<usize>,
+    /// A payload whose reading failed: nothing further can be read.
+    failed: Option<usize>,
+}
+
+impl<R: Read> Bundle<R> {
+    /// Reads the header, the manifest and the signature block, decides trust and parses the
+    /// manifest. Reads nothing of the payloads; no payload byte reaches the caller before this
+    /// returns `Ok`.
+    pub fn open(mut reader: R, trusted: &TrustedKeys, policy: Policy) -> Result<Self, Error> {
+        let mut head = [0u8; HEADER_LEN];
+        let got = read_full(&mut reader, &mut head, "header")?;
+        if got < HEADER_LEN {
+            let seen = got.min(MAGIC.len());
+            if head[..seen] != MAGIC[..seen] {
+                return Err(Error::NotABundle {
+                    found: head[..seen].to_vec(),
+                });
+            }
+            return Err(Error::Truncated {
+                section: "header",
+                expected: HEADER_LEN as u64,
+                got: got as u64,
+            });
+        }
+        let header = Header::decode(&head)?;
+        let manifest_bytes = read_section(&mut reader, header.manifest_len, "manifest")?;
+        let block = read_section(&mut reader, header.signatures_len, "signature block")?;
+        let trust = signature::verify(&manifest_bytes, &block, trusted, policy)?;
+        let manifest = Manifest::from_bytes(&manifest_bytes)?;
+        Ok(Self {
+            manifest,
+            trust,
+            reader,
+            state: StreamState::default(),
+        })
+    }
+
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Why the bundle was accepted.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// See [`Manifest::check_compatible`].
+    pub fn check_compatible(
+        &self,
+        device_type: &str,
+        running_version: &str,
+        partition_size: u64,
+    ) -> Result<(), Error> {
+        self.manifest
+            .check_compatible(device_type, running_version, partition_size)
+    }
+
+    /// The next payload in manifest order, or `None` after the last one.
+    ///
+    /// The previous payload must have been read to its end (which verifies it) first. After a
+    /// payload failed, the stream position is lost and this keeps returning an error.
+    pub fn next_payload(&mut self) -> Result<Option<PayloadReader<'_, R>>, Error> {
+        let Self {
+            manifest,
+            reader,
+            state,
+            ..
+        } = self;
+        if let Some(i) = state.failed {
+            return Err(Error::Poisoned {
+                name: manifest.payloads[i].name.clone(),
+            });
+        }
+        if let Some(i) = state.open {
+            return Err(Error::PayloadNotFinished {
+                name: manifest.payloads[i].name.clone(),
+            });
+        }
+        let index = state.next;
+        let Some(info) = manifest.payloads.get(index) else {
+            return Ok(None);
+        };
+        let compressed = Compressed {
+            reader,
+            remaining: info.compressed_size,
+            count: 0,
+            hasher: sha2::Sha256::new(),
+            ended_early: false,
+            failed_io: false,
+        };
+        let decoder = zstd::stream::read::Decoder::new(compressed)
+            .and_then(|mut d| d.window_log_max(MAX_WINDOW_LOG).map(|()| d))
+            .map_err(|source| Error::PayloadRead {
+                name: info.name.clone(),
+                source,
+            })?;
+        state.next += 1;
+        state.open = Some(index);
+        Ok(Some(PayloadReader {
+            info,
+            last: index + 1 == manifest.payloads.len(),
+            index,
+            decoder,
+            hasher: sha2::Sha256::new(),
+            produced: 0,
+            state,
+            status: Status::Reading,
+        }))
+    }
+
+    /// Reads every remaining payload to its end without keeping it, verifying each
+    /// (`baleen bundle verify`).
+    pub fn verify_remaining(&mut self) -> Result<(), Error> {
+        while let Some(payload) = self.next_payload()? {
+            payload.skip()?;
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// Whether this bundle may be installed on a device of `device_type` running
+    /// `running_version` (its `HOSTOS_VERSION`), with an inactive root partition of
+    /// `partition_size` bytes.
+    ///
+    /// Checks, in order: the device type is the same; `running_version` parses and is not
+    /// older than `min_from_version`; the bundle has a `rootfs` payload and its uncompressed
+    /// size fits in the partition. Reinstalling the running version and going back to an older
+    /// one are allowed: those are the installer's decisions.
+    pub fn check_compatible(
+        &self,
+        device_type: &str,
+        running_version: &str,
+        partition_size: u64,
+    ) -> Result<(), Error> {
+        if self.device_type != device_type {
+            return Err(Error::WrongDeviceType {
+                bundle: self.device_type.clone(),
+                device: device_type.to_owned(),
+            });
+        }
+        let running: HostOsVersion = running_version.parse().map_err(Error::RunningVersion)?;
+        if let Some(min_from) = self.min_from_version {
+            if running < min_from {
+                return Err(Error::TooOld {
+                    bundle: self.os_version,
+                    min_from,
+                    running,
+                });
+            }
+        }
+        let rootfs = self.require_payload(ROOTFS)?;
+        if rootfs.size > partition_size {
+            return Err(Error::PayloadTooLarge {
+                name: rootfs.name.clone(),
+                size: rootfs.size,
+                partition_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One payload being read: the decompressed bytes, checked against the manifest.
+///
+/// `read` never returns more than the manifest's `size` bytes. It returns `Ok(0)` (end of
+/// payload) only once every byte was read and the compressed length, both SHA-256 sums and the
+/// uncompressed size match the manifest; any mismatch, damage or truncation is an error at the
+/// latest where the end would be. The bytes already returned are only trustworthy after that
+/// `Ok(0)`: write them somewhere inactive (the other root partition), never in place of
+/// something in use. Errors from `read` carry this crate's [`Error`] inside the
+/// [`io::Error`]; [`copy_to`](Self::copy_to) returns it directly.
+pub struct PayloadReader<'a, R: Read> {
+    info: &'a PayloadInfo,
+    last: bool,
+    index: usize,
+    decoder: zstd::stream::read::Decoder<'static, BufReader<Compressed<'a, R>>>,
+    hasher: sha2::Sha256,
+    produced: u64,
+    state: &'a mut StreamState,
+    status: Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Reading,
+    Verified,
+    Failed,
+}
+
+impl<R: Read> PayloadReader<'_, R> {
+    /// The manifest's entry for this payload.
+    pub fn info(&self) -> &PayloadInfo {
+        self.info
+    }
+
+    /// Copies the whole payload into `out`, calling `progress(bytes_done, total)` after each
+    /// chunk (total = the uncompressed size). `Ok` means every byte was written and the payload
+    /// verified; `out` is not flushed or synced.
+    pub fn copy_to<W: Write + ?Sized>(
+        mut self,
+        out: &mut W,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(), Error> {
+        let mut buf = vec![0u8; CHUNK];
+        let total = self.info.size;
+        loop {
+            // Whole chunks make large sequential writes to the partition.
+            let mut filled = 0;
+            let mut ended = false;
+            while filled < buf.len() {
+                match self.read(&mut buf[filled..]) {
+                    Ok(0) => {
+                        ended = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::from_payload_io(&self.info.name, e)),
+                }
+            }
+            if filled > 0 {
+                if let Err(source) = out.write_all(&buf[..filled]) {
+                    self.fail();
+                    return Err(Error::PayloadWrite {
+                        name: self.info.name.clone(),
+                        source,
+                    });
+                }
+                progress(self.produced, total);
+            }
+            if ended {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the payload to its end without keeping it, verifying it.
+    pub fn skip(self) -> Result<(), Error> {
+        self.copy_to(&mut io::sink(), |_, _| ())
+    }
+
+    fn fail(&mut self) {
+        self.status = Status::Failed;
+        self.state.open = None;
+        self.state.failed = Some(self.index);
+    }
+
+    /// Classifies an error from the decoder.
+    fn stream_error(&self, err: io::Error) -> Error {
+        let compressed = self.decoder.get_ref().get_ref();
+        let name = self.info.name.clone();
+        if compressed.failed_io {
+            Error::PayloadRead { name, source: err }
+        } else if compressed.ended_early {
+            self.truncated()
+        } else {
+            Error::PayloadCorrupt {
+                name,
+                reason: err.to_string(),
+            }
+        }
+    }
+
+    fn truncated(&self) -> Error {
+        Error::PayloadTruncated {
+            name: self.info.name.clone(),
+            expected: self.info.compressed_size,
+            got: self.decoder.get_ref().get_ref().count,
+        }
+    }
+
+    /// The checks at the end of the stream.
+    fn finish(&mut self) -> Result<(), Error> {
+        let info = self.info;
+        let compressed = self.decoder.get_mut().get_mut();
+        if compressed.remaining > 0 {
+            return Err(self.truncated());
+        }
+        let got = Sha256Sum(std::mem::take(&mut compressed.hasher).finalize().into());
+        if got != info.compressed_sha256 {
+            return Err(Error::PayloadHashMismatch {
+                name: info.name.clone(),
+                which: "compressed",
+                expected: info.compressed_sha256,
+                got,
+            });
+        }
+        if self.produced != info.size {
+            return Err(Error::PayloadSizeMismatch {
+                name: info.name.clone(),
+                expected: info.size,
+                got: self.produced,
+                longer: false,
+            });
+        }
+        let got = Sha256Sum(std::mem::take(&mut self.hasher).finalize().into());
+        if got != info.sha256 {
+            return Err(Error::PayloadHashMismatch {
+                name: info.name.clone(),
+                which: "uncompressed",
+                expected: info.sha256,
+                got,
+            });
+        }
+        if self.last {
+            let reader = &mut self.decoder.get_mut().get_mut().reader;
+            let mut byte = [0u8; 1];
+            loop {
+                match reader.read(&mut byte) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        return Err(Error::TrailingData {
+                            name: info.name.clone(),
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        return Err(Error::PayloadRead {
+                            name: info.name.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for PayloadReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.status {
+            Status::Verified => return Ok(0),
+            Status::Failed => {
+                return Err(Error::Poisoned {
+                    name: self.info.name.clone(),
+                }
+                .into_io());
+            }
+            Status::Reading => {}
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let result = match self.decoder.read(buf) {
+            Ok(0) => self.finish().map(|()| 0),
+            Ok(n) => {
+                if self.produced + n as u64 > self.info.size {
+                    Err(Error::PayloadSizeMismatch {
+                        name: self.info.name.clone(),
+                        expected: self.info.size,
+                        got: self.produced + n as u64,
+                        longer: true,
+                    })
+                } else {
+                    self.hasher.update(&buf[..n]);
+                    self.produced += n as u64;
+                    Ok(n)
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => Err(self.stream_error(e)),
+        };
+        match result {
+            Ok(0) => {
+                self.status = Status::Verified;
+                self.state.open = None;
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.fail();
+                Err(e.into_io())
+            }
+        }
+    }
+}
+
+/// The compressed side of a payload: at most `remaining` bytes of the bundle, counted and
+/// hashed as the decoder pulls them.
+struct Compressed<'a, R> {
+    reader: &'a mut R,
+    remaining: u64,
+    count: u64,
+    hasher: sha2::Sha256,
+    /// The bundle ended before `remaining` reached 0.
+    ended_early: bool,
+    /// The bundle reader returned an error.
+    failed_io: bool,
+}
+
+impl<R: Read> Read for Compressed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = match self.reader.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.failed_io = true;
+                }
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            self.ended_early = true;
+        }
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Fills `buf` as far as the data goes; returns how many bytes were read.
+fn read_full(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    section: &'static str,
+) -> Result<usize, Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::Read { section, source }),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads exactly `len` bytes (bounded by the header checks) or reports truncation.
+fn read_section(reader: &mut impl Read, len: u32, section: &'static str) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; len as usize];
+    let got = read_full(reader, &mut buf, section)?;
+    if got < buf.len() {
+        return Err(Error::Truncated {
+            section,
+            expected: u64::from(len),
+            got: got as u64,
+        });
+    }
+    Ok(buf)
+}
