@@ -282,7 +282,7 @@ pub fn https(root: &Path) -> Result<()> {
                 );
                 if rtc_present(root) {
                     if let Err(e) = Cmd::new("hwclock")
-                        .args(["--systohc", "--utc"])
+                        .args(["--systohc", "--utc", "--noadjfile"])
                         .timeout(Duration::from_secs(30))
                         .run()
                     {
