@@ -51,6 +51,8 @@ fn bench_build(config: Option<PathBuf>, out: PathBuf) -> Result<()> {
         cache_dir: cache.path().to_owned(),
         devices_dir: None,
         boot_stage: None,
+        // Generated in the throw-away cache: bench images are never updated.
+        update_key: None,
     };
     let cold = build::build(&args("cold"))?;
     let warm = build::build(&args("warm"))?;

@@ -6,6 +6,7 @@
 
 mod bench;
 mod build;
+mod bundlecmd;
 mod configcmd;
 mod device;
 mod run;
@@ -32,6 +33,9 @@ struct Cli {
 enum Command {
     /// Build a disk image (raw, GPT) and its build manifest.
     Build(build::Args),
+    /// Make update bundles from built images (installing them is not implemented yet).
+    #[command(subcommand)]
+    Bundle(bundlecmd::Command),
     /// Read, change, check and apply config.json (on the device, or in an image with --image).
     #[command(subcommand)]
     Config(configcmd::Command),
@@ -118,6 +122,7 @@ fn main() {
 fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Build(args) => build::run(args),
+        Command::Bundle(command) => bundlecmd::run(command),
         Command::Config(command) => configcmd::run(command),
         Command::Status { json } => configcmd::status(json),
         Command::Run(args) => run::run(args),

@@ -83,6 +83,9 @@ pub struct Manifest {
     pub partitions: Vec<PartitionFacts>,
     pub rootfs: RootfsFacts,
     pub initramfs_entries: usize,
+    /// Id of the update signing key the image trusts (`usr/share/baleen/update-keys/<id>.pub`):
+    /// bundles for devices running this image must be signed with that key.
+    pub update_key_id: String,
     pub build_seconds: f64,
 }
 
@@ -98,6 +101,7 @@ impl Manifest {
         rootfs_bytes: u64,
         cache: rootfs::bootstrap::Cache,
         initramfs_entries: usize,
+        update_key_id: bundle::KeyId,
     ) -> Manifest {
         let status =
             std::fs::read_to_string(staging.join("var/lib/dpkg/status")).unwrap_or_default();
@@ -130,6 +134,7 @@ impl Manifest {
                 packages: installed_packages(&status),
             },
             initramfs_entries,
+            update_key_id: update_key_id.to_string(),
             build_seconds: 0.0,
         }
     }

@@ -6,6 +6,7 @@ mod assemble;
 mod bootfiles;
 mod manifest;
 pub mod time;
+pub mod updatekey;
 
 use anyhow::{Context, Result};
 use buildconf::{BuildConfig, DeviceType, RawBuildConfig};
@@ -58,6 +59,12 @@ pub struct Args {
     /// The static baleen-boot binary (default: next to this baleen binary).
     #[arg(long)]
     pub boot_stage: Option<PathBuf>,
+    /// Private key (ed25519, PKCS#8 PEM) that signs update bundles for this image; the image
+    /// trusts its public half. Generated (mode 0600) when the file does not exist. Keep it and
+    /// back it up: bundles for devices running this image must be signed with it.
+    /// [default: <cache-dir>/update-keys/baleen-update.key]
+    #[arg(long, env = "BALEEN_UPDATE_KEY", value_name = "PATH")]
+    pub update_key: Option<PathBuf>,
 }
 
 /// Facts about a finished build.
@@ -121,6 +128,7 @@ pub fn build(args: &Args) -> Result<Built> {
             stage_binary.display()
         );
     }
+    let update_key = update_key(args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output directory {}", args.out.display()))?;
     let out = std::fs::canonicalize(&args.out)?;
@@ -140,6 +148,7 @@ pub fn build(args: &Args) -> Result<Built> {
         args,
         &stage_binary,
         &exe,
+        &update_key,
         work.path(),
         &partial,
         started,
@@ -164,11 +173,36 @@ pub fn build(args: &Args) -> Result<Built> {
     Ok(Built { image, manifest })
 }
 
+/// The update signing key's public half, the private key loaded (or generated) from
+/// `--update-key` before the long work so that a bad key file fails the build at once.
+fn update_key(args: &Args) -> Result<bundle::PublicKey> {
+    let path = updatekey::key_path(args.update_key.as_deref(), &args.cache_dir);
+    let (key, origin) = updatekey::load_or_generate(&path, "--update-key")?;
+    match origin {
+        updatekey::Origin::Generated => tracing::warn!(
+            "generated the update signing key {} (key id {}): keep it and back it up, it is \
+             not in the image; every update bundle for devices running this image must be \
+             signed with it (baleen bundle create --key {})",
+            path.display(),
+            key.key_id(),
+            path.display()
+        ),
+        updatekey::Origin::Loaded => tracing::info!(
+            "update signing key {} (key id {})",
+            path.display(),
+            key.key_id()
+        ),
+    }
+    Ok(key.public_key())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build_in(
     config: &BuildConfig,
     args: &Args,
     stage_binary: &Path,
     baleen_binary: &Path,
+    update_key: &bundle::PublicKey,
     work: &Path,
     partial: &Path,
     started: Instant,
@@ -227,6 +261,8 @@ fn build_in(
         timestamp: timestamp.clone(),
     };
     rootfs::customize::apply(&staging, &customization)?;
+    // The public update key, before the fingerprint so that it is listed there.
+    updatekey::install_public_key(&staging, update_key)?;
 
     step(started, "boot stage: initramfs and unified kernel image");
     let modules: Vec<String> = config
@@ -297,6 +333,7 @@ fn build_in(
         rootfs_bytes,
         cache,
         initramfs.len(),
+        update_key.key_id(),
     ))
 }
 
