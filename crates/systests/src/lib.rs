@@ -220,6 +220,23 @@ impl Scratch {
     }
 }
 
+/// Whether this process runs as root (effective uid 0, from `/proc/self/status`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Fails the test unless it runs as root, saying what needs it.
+pub fn require_root(needs: &str) {
+    assert!(is_root(), "the system suite runs as root ({needs})");
+}
+
 /// Waits until the guest answers SSH from a boot other than `before` (a boot id).
 pub fn wait_for_new_boot(vm: &vmharness::Vm, before: &str, timeout: std::time::Duration) {
     use std::time::{Duration, Instant};

@@ -19,24 +19,6 @@ fn have_qemu() {
     );
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn require_root() {
-    assert!(
-        is_root(),
-        "the system suite runs as root (network namespaces, QEMU taps)"
-    );
-}
-
 /// A raw image of `size` bytes with 64 KiB of `fill` at `at`.
 fn raw_image(path: &Path, size: u64, at: u64, fill: u8) {
     let mut f = File::create(path).unwrap();
@@ -191,7 +173,7 @@ fn boots_ovmf_cuts_power_and_keeps_overlay_writes() {
 #[test]
 fn attaches_to_a_tap_in_a_namespace() {
     have_qemu();
-    require_root();
+    systests::require_root("network namespaces, QEMU taps");
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.img");
     raw_image(&base, 16 << 20, 0, 0);
@@ -263,7 +245,7 @@ fn reports_qemu_exit_and_cleans_up_after_a_pass() {
 
 #[test]
 fn namespace_lifecycle() {
-    require_root();
+    systests::require_root("network namespaces, QEMU taps");
     let ns = NetNs::create("lifecycle test").unwrap();
     let name = ns.name().to_owned();
     assert!(name.starts_with("baleen-lifecycle-test-"), "{name}");

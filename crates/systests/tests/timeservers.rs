@@ -9,24 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use systests::timeservers::{Answer, DateSpec, HttpsTime, NtpServer, PORTAL_LOCATION};
 use vmharness::NetNs;
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn require_root() {
-    assert!(
-        is_root(),
-        "the system suite runs as root (network namespaces)"
-    );
-}
-
 /// How far the host's clock moved against the monotonic clock while `f` ran: zero but for
 /// scheduling noise, unless something stepped the clock.
 fn realtime_drift<T>(f: impl FnOnce() -> T) -> (T, f64) {
@@ -40,7 +22,7 @@ fn realtime_drift<T>(f: impl FnOnce() -> T) -> (T, f64) {
 
 #[test]
 fn ntp_server_serves_the_host_clock_and_never_moves_it() {
-    require_root();
+    systests::require_root("network namespaces");
     let ns = NetNs::create("ntp-selftest").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ((ntp, query), drift) = realtime_drift(|| {
@@ -154,7 +136,7 @@ fn secs_from_now(t: SystemTime) -> f64 {
 
 #[test]
 fn https_time_answers_as_told_and_logs_every_request() {
-    require_root();
+    systests::require_root("network namespaces");
     let ns = NetNs::create("https-selftest").unwrap();
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(
