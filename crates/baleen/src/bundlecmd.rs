@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// Whether a boot partition path (`EFI/BOOT/BOOTX64.EFI`, `os-release`…) belongs to a release
+/// (travels in a bundle's `boot` payload) rather than to the device.
+pub fn is_release_boot_file(path: &str) -> bool {
+    image::is_release_file(path)
+}
+
 /// `apiVersion` of `--json` output.
 const API_VERSION: u32 = 1;
 
@@ -21,7 +27,6 @@ pub enum Command {
     /// Make a signed update bundle from an image `baleen build` made: the root filesystem
     /// (resin-rootA) and the release's boot files, compressed, with a signed manifest.
     ///
-    /// Installing bundles on a device (`baleen update install`) is not implemented yet.
     Create(CreateArgs),
 }
 

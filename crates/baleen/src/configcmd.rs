@@ -221,8 +221,10 @@ pub fn status(json: bool) -> Result<()> {
     let mut v: Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let time = crate::device::time::status(Path::new(DEVICE_ROOT));
+    let update = crate::device::update::rollback::status(Path::new(DEVICE_ROOT));
     if json {
         v["time"] = time;
+        v["update"] = update;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -269,5 +271,6 @@ pub fn status(json: bool) -> Result<()> {
             "not synchronized"
         }
     );
+    crate::device::update::print_status(&update);
     Ok(())
 }

@@ -33,9 +33,12 @@ struct Cli {
 enum Command {
     /// Build a disk image (raw, GPT) and its build manifest.
     Build(build::Args),
-    /// Make update bundles from built images (installing them is not implemented yet).
+    /// Make update bundles from built images.
     #[command(subcommand)]
     Bundle(bundlecmd::Command),
+    /// Install host OS updates on the device; show the slots and the last update.
+    #[command(subcommand)]
+    Update(device::update::Command),
     /// Read, change, check and apply config.json (on the device, or in an image with --image).
     #[command(subcommand)]
     Config(configcmd::Command),
@@ -95,6 +98,12 @@ enum DeviceCommand {
     NtpHealth,
     /// NetworkManager dispatcher: NTP servers from DHCP, chronyd online/offline.
     NtpDispatch { interface: String, action: String },
+    /// At boot: repair the bootenv after a boot-stage fallback; drop stale breadcrumbs.
+    UpdateBoot,
+    /// The health window of a new root on trial: commit or roll back.
+    UpdateHealth,
+    /// At a clean shutdown during the health window: reset the boot count.
+    UpdateShutdown,
 }
 
 fn main() {
@@ -123,6 +132,7 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Build(args) => build::run(args),
         Command::Bundle(command) => bundlecmd::run(command),
+        Command::Update(command) => device::update::run(command),
         Command::Config(command) => configcmd::run(command),
         Command::Status { json } => configcmd::status(json),
         Command::Run(args) => run::run(args),
@@ -150,6 +160,9 @@ fn dispatch(command: Command) -> Result<()> {
             DeviceCommand::NtpDispatch { interface, action } => {
                 device::time::ntp_dispatch(std::path::Path::new("/"), &interface, &action)
             }
+            DeviceCommand::UpdateBoot => device::update::at_boot(),
+            DeviceCommand::UpdateHealth => device::update::health(),
+            DeviceCommand::UpdateShutdown => device::update::at_shutdown(),
         },
     }
 }

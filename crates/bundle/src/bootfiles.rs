@@ -391,7 +391,17 @@ impl<R: Read> ArchiveReader<R> {
     ///
     /// On error, what was written so far stays: remove `dest`. When reading from a payload,
     /// `Ok` also means the payload verified.
-    pub fn unpack(mut self, dest: &Path) -> Result<Vec<String>, Error> {
+    pub fn unpack(self, dest: &Path) -> Result<Vec<String>, Error> {
+        self.unpack_with(dest, |_| ())
+    }
+
+    /// [`unpack`](Self::unpack), calling `written(path)` after each entry is on disk (progress
+    /// reports, test pause points).
+    pub fn unpack_with(
+        mut self,
+        dest: &Path,
+        mut on_written: impl FnMut(&str),
+    ) -> Result<Vec<String>, Error> {
         let mut written = Vec::new();
         while let Some(mut entry) = self.next_entry()? {
             let target = dest.join(&entry.path);
@@ -433,6 +443,7 @@ impl<R: Read> ArchiveReader<R> {
                         .map_err(unpack_err("writing file", &target))?;
                 }
             }
+            on_written(&entry.path);
             written.push(entry.path);
         }
         Ok(written)

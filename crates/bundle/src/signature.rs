@@ -39,6 +39,26 @@ pub enum Trust {
     },
 }
 
+impl std::fmt::Display for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trust::Signed { key_id } => write!(f, "signed by trusted key {key_id}"),
+            Trust::Unsigned => {
+                f.write_str("UNSIGNED, accepted because unsigned bundles are allowed")
+            }
+            Trust::UntrustedSigners { key_ids } => write!(
+                f,
+                "signed only by unknown keys ({}), accepted because unsigned bundles are allowed",
+                key_ids
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct RawSignature {
     key_id: String,

@@ -4,7 +4,7 @@
 
 use crate::osrelease::OsRelease;
 use crate::{Error, Result, write};
-use crate::{daemons, timeunits, units};
+use crate::{daemons, timeunits, units, updateunits};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use subprocess::Cmd;
@@ -190,7 +190,7 @@ fn units(root: &Path) -> Result<()> {
     for (rel, text) in daemons::files() {
         replace_file(&root.join(rel), text)?;
     }
-    for (rel, text, mode) in timeunits::FILES {
+    for (rel, text, mode) in timeunits::FILES.into_iter().chain(updateunits::FILES) {
         let path = root.join(rel);
         replace_file(&path, text)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
@@ -210,6 +210,7 @@ fn units(root: &Path) -> Result<()> {
         .args(units::ENABLED_UNITS)
         .args(daemons::ENABLED_UNITS)
         .args(timeunits::ENABLED_UNITS)
+        .args(updateunits::ENABLED_UNITS)
         .run()?;
     Ok(())
 }

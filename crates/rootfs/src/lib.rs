@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod osrelease;
 pub mod timeunits;
 pub mod units;
+pub mod updateunits;
 
 use std::path::PathBuf;
 

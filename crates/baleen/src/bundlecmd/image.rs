@@ -135,7 +135,7 @@ fn matches(entry: &str, path: &str) -> bool {
     }
 }
 
-fn is_release_file(path: &str) -> bool {
+pub(crate) fn is_release_file(path: &str) -> bool {
     RELEASE_BOOT_FILES.iter().any(|entry| matches(entry, path))
 }
 

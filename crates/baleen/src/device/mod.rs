@@ -11,6 +11,7 @@ pub mod reboot;
 pub mod reset;
 pub mod ssh;
 pub mod time;
+pub mod update;
 pub mod zram;
 
 use anyhow::{Context, Result};
