@@ -26,7 +26,6 @@ const API_VERSION: u32 = 1;
 pub enum Command {
     /// Make a signed update bundle from an image `baleen build` made: the root filesystem
     /// (resin-rootA) and the release's boot files, compressed, with a signed manifest.
-    ///
     Create(CreateArgs),
 }
 

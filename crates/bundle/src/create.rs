@@ -144,11 +144,7 @@ pub fn create(
     let manifest_bytes = manifest.to_bytes();
     // What the device will parse: check it here, so a bad bundle is never written.
     let reread = Manifest::from_bytes(&manifest_bytes)?;
-    let block = signature::encode_block(&manifest_bytes, signer);
-    let header = Header {
-        manifest_len: section_len(&manifest_bytes, "manifest", crate::MAX_MANIFEST_LEN)?,
-        signatures_len: section_len(&block, "signature block", crate::MAX_SIGNATURES_LEN)?,
-    };
+    let head = encode_head(&manifest_bytes, signer)?;
 
     // 3. The bundle: header, manifest, signatures, then the payload area.
     let mut bundle = tempfile::Builder::new()
@@ -158,9 +154,7 @@ pub fn create(
     (|| -> io::Result<()> {
         let file = bundle.as_file_mut();
         file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.write_all(&header.encode())?;
-        file.write_all(&manifest_bytes)?;
-        file.write_all(&block)?;
+        file.write_all(&head)?;
         let area = area.as_file_mut();
         area.rewind()?;
         // File to file: the kernel copies (copy_file_range), nothing passes through memory.
@@ -174,6 +168,26 @@ pub fn create(
         .and_then(|d| d.sync_all())
         .map_err(output_err)?;
     Ok(reread)
+}
+
+/// The bytes before a bundle's payload area: the header, `manifest` exactly as given and the
+/// signature block over it (signed by `signer`, or `[]` for unsigned).
+///
+/// Payload offsets count from the start of the payload area, so the head of an existing bundle
+/// can be replaced by another of a different length (an edited manifest, signed again) without
+/// moving any payload byte. `manifest` is neither parsed nor validated: tests use this to make
+/// bundles a device must refuse. Fails only when a section is longer than the format allows.
+pub fn encode_head(manifest: &[u8], signer: Option<&SigningKey>) -> Result<Vec<u8>, Error> {
+    let block = signature::encode_block(manifest, signer);
+    let header = Header {
+        manifest_len: section_len(manifest, "manifest", crate::MAX_MANIFEST_LEN)?,
+        signatures_len: section_len(&block, "signature block", crate::MAX_SIGNATURES_LEN)?,
+    };
+    let mut head = Vec::with_capacity(crate::HEADER_LEN + manifest.len() + block.len());
+    head.extend_from_slice(&header.encode());
+    head.extend_from_slice(manifest);
+    head.extend_from_slice(&block);
+    Ok(head)
 }
 
 /// Validates what the caller gave; returns `created` in UTC, whole seconds.
@@ -330,5 +344,82 @@ impl<W: Write> Write for Hashing<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Bundle, Policy, ROOTFS, Trust, TrustedKeys};
+
+    fn fields() -> ManifestFields {
+        ManifestFields {
+            device_type: "qemux86-64".into(),
+            os_version: "0.2.0".parse().unwrap(),
+            min_from_version: None,
+            created: OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap(),
+        }
+    }
+
+    fn word(bytes: &[u8], at: usize) -> usize {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+    }
+
+    #[test]
+    fn a_bundle_starts_with_its_head_and_a_new_head_keeps_the_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_seed(&[9; 32]);
+        let out = dir.path().join("b.bundle");
+        let rootfs: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        create(
+            &out,
+            &fields(),
+            vec![PayloadInput::reader(ROOTFS, &rootfs[..])],
+            Some(&key),
+            &CreateOptions::default(),
+        )
+        .unwrap();
+        let bytes = fs::read(&out).unwrap();
+        let (m, s) = (word(&bytes, 12), word(&bytes, 16));
+        let manifest = &bytes[crate::HEADER_LEN..crate::HEADER_LEN + m];
+        let area = &bytes[crate::HEADER_LEN + m + s..];
+        assert!(bytes.starts_with(&encode_head(manifest, Some(&key)).unwrap()));
+
+        // An edited manifest, signed again: the payloads stay where they are.
+        let mut edited = Manifest::from_bytes(manifest).unwrap();
+        edited.device_type = "raspberrypi4-64".into();
+        let mut bundle = encode_head(&edited.to_bytes(), Some(&key)).unwrap();
+        assert_ne!(word(&bundle, 12), m);
+        bundle.extend_from_slice(area);
+        let trusted = TrustedKeys::from_keys([key.public_key()]);
+        let mut opened = Bundle::open(&bundle[..], &trusted, Policy::default()).unwrap();
+        assert_eq!(opened.manifest().device_type, "raspberrypi4-64");
+        assert_eq!(
+            *opened.trust(),
+            Trust::Signed {
+                key_id: key.key_id()
+            }
+        );
+        let mut read = Vec::new();
+        opened
+            .next_payload()
+            .unwrap()
+            .unwrap()
+            .copy_to(&mut read, |_, _| ())
+            .unwrap();
+        assert_eq!(read, rootfs);
+        opened.verify_remaining().unwrap();
+    }
+
+    #[test]
+    fn an_unsigned_head_has_an_empty_block_and_oversized_sections_are_refused() {
+        let head = encode_head(b"{}", None).unwrap();
+        assert_eq!(head, b"BALEENB\0\x01\0\0\0\x02\0\0\0\x02\0\0\0{}[]");
+        let huge = vec![b' '; crate::MAX_MANIFEST_LEN as usize + 1];
+        assert_eq!(
+            encode_head(&huge, None).unwrap_err().to_string(),
+            "cannot make the bundle: the manifest would be 1048577 bytes, more than the format's \
+             1048576"
+        );
     }
 }

@@ -122,6 +122,7 @@ mod signature;
 pub use bundle::{Bundle, MAX_WINDOW_LOG, PayloadReader};
 pub use create::{
     CreateOptions, DEFAULT_ZSTD_LEVEL, MAX_ZSTD_LEVEL, PayloadInput, PayloadSource, create,
+    encode_head,
 };
 pub use error::Error;
 pub use header::{FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_MANIFEST_LEN, MAX_SIGNATURES_LEN};

@@ -66,15 +66,6 @@ set -e
 [ -e /mnt/data/remove_me_to_reset ] || touch /mnt/data/remove_me_to_reset
 ";
 
-pub const HOOKS_README: &str = "\
-Host OS update hooks (balenaOS hostapp-update-hooks, docs/updates.md).
-Executables here run during `baleen update install` from the NEW root, with
-DURING_UPDATE=1 (the inactive root is the one to boot); a rollback runs the
-old root's hooks. Names: NN-name (forward), or NN-dir/NN-{forward,before,after,
-fwd_commit,fwd_cleanup}_name. The words before, after, commit, cleanup and
-forward are reserved in names.
-";
-
 pub const HEALTH_README: &str = "\
 Health checks of an updated OS on trial (docs/updates.md). Every executable
 here, and in /mnt/data/baleen/health.d/, runs once per round during the health
@@ -83,7 +74,7 @@ of the window, rolls the update back.
 ";
 
 /// (path relative to the root, content, mode).
-pub const FILES: [(&str, &str, u32); 6] = [
+pub const FILES: [(&str, &str, u32); 5] = [
     (
         "etc/systemd/system/baleen-update-boot.service",
         BOOT_SERVICE,
@@ -104,7 +95,6 @@ pub const FILES: [(&str, &str, u32); 6] = [
         DATA_BREADCRUMB_HOOK,
         0o755,
     ),
-    ("etc/hostapp-update-hooks.d/README", HOOKS_README, 0o644),
     ("usr/lib/baleen/health.d/README", HEALTH_README, 0o644),
 ];
 

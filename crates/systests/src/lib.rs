@@ -5,13 +5,14 @@
 //!
 //! * `BALEEN_BIN`: the static `baleen` binary (`scripts/build.sh`), with
 //!   `baleen-boot` beside it;
-//! * `BALEEN_TEST_IMAGES`: a directory holding one build output per variant,
-//!   `dev/` and `prod/`, each with `qemux86-64.img` and
-//!   `qemux86-64.manifest.json`.
+//! * `BALEEN_TEST_IMAGES`: a directory holding one build output per variant
+//!   ([`VARIANTS`]), each with `qemux86-64.img` and `qemux86-64.manifest.json`;
+//!   `next/` also holds the update bundle `qemux86-64.bundle`.
 //!
 //! Without them every fixture panics with a message saying how to get them:
 //! these suites never pass by testing nothing.
 
+pub mod bundles;
 pub mod lan;
 mod logwait;
 pub mod timeservers;
@@ -24,9 +25,10 @@ use std::process::Command;
 /// The device type the test images are built for.
 pub const DEVICE: &str = "qemux86-64";
 
-/// The image variants `scripts/test.sh` builds: `tests/build-dev.toml` and
-/// `tests/build-prod.toml`.
-pub const VARIANTS: [&str; 3] = ["dev", "prod", "trixie"];
+/// The image variants `scripts/test.sh` builds: `tests/build-dev.toml`,
+/// `tests/build-prod.toml`, `tests/build-trixie.toml`, and `tests/build-dev-next.toml`
+/// (the dev image one release later, with its update bundle: the update tests' target).
+pub const VARIANTS: [&str; 4] = ["dev", "prod", "trixie", "next"];
 
 const HOW_TO_RUN: &str = "the image and VM suites test the binaries and images that \
      scripts/test.sh builds: run scripts/test.sh as root, or build them the way it does and \
@@ -59,7 +61,7 @@ pub fn baleen_bin() -> PathBuf {
     bin
 }
 
-/// The build output directory of `variant` (`dev` or `prod`).
+/// The build output directory of `variant` (one of [`VARIANTS`]).
 pub fn variant_dir(variant: &str) -> PathBuf {
     assert!(
         VARIANTS.contains(&variant),
@@ -80,6 +82,18 @@ pub fn test_image(variant: &str) -> PathBuf {
         image.display()
     );
     image
+}
+
+/// The update bundle made from `variant`'s test image:
+/// `$BALEEN_TEST_IMAGES/<variant>/qemux86-64.bundle` (`scripts/test.sh` makes `next`'s).
+pub fn bundle_path(variant: &str) -> PathBuf {
+    let bundle = variant_dir(variant).join(format!("{DEVICE}.bundle"));
+    assert!(
+        bundle.is_file(),
+        "update bundle {} not found: {HOW_TO_RUN}",
+        bundle.display()
+    );
+    bundle
 }
 
 /// Path of the build manifest written beside the test image of `variant`.

@@ -494,7 +494,10 @@ impl Mounts {
         let guard = Mounts {
             target: target.to_path_buf(),
         };
+        // Private, so nothing mounted below propagates back into /run (where it sits).
+        mount(&["--make-private", &t])?;
         mount(&["-t", "proc", "proc", &format!("{t}/proc")])?;
+        // Plain binds, not recursive: unmounting never meets the host's busy cgroup mounts.
         for dir in [
             "/dev",
             "/sys",
@@ -505,7 +508,7 @@ impl Mounts {
         ] {
             let inside = format!("{t}{dir}");
             if Path::new(&inside).is_dir() && Path::new(dir).is_dir() {
-                mount(&["--rbind", dir, &inside])?;
+                mount(&["--bind", dir, &inside])?;
             }
         }
         mount(&["-t", "tmpfs", "tmpfs", &format!("{t}/tmp")])?;
