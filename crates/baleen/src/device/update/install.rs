@@ -301,7 +301,7 @@ fn write_and_switch<R: Read>(
                 slots::label(device.target)
             )
         })?;
-    let info = {
+    let (info, written) = {
         let payload = bundle
             .next_payload()?
             .context("the bundle has no payloads")?;
@@ -316,7 +316,7 @@ fn write_and_switch<R: Read>(
         payload.copy_to(&mut writer, |done, total| {
             progress.bytes("rootfs", done, total)
         })?;
-        info
+        (info, writer.written)
     };
     progress.point("rootfs-written");
     partition
@@ -325,24 +325,30 @@ fn write_and_switch<R: Read>(
     progress.point("rootfs-synced");
     timings.rootfs = started.elapsed();
 
-    // 2. Read it back from the disk, not from the page cache.
+    // 2. Read it back from the disk, not from the page cache: the stream was checked against
+    //    the manifest's SHA-256 as it was written; this checks the disk holds what was written.
     let started = Instant::now();
     rustix::fs::fadvise(&partition, 0, None, rustix::fs::Advice::DontNeed)
         .with_context(|| format!("dropping cached pages of {}", device.target_dev.display()))?;
     partition.seek(SeekFrom::Start(0))?;
-    let mut counted = CountingReader {
-        inner: (&partition).take(info.size),
-        done: 0,
-        total: info.size,
-        progress: &mut *progress,
-    };
-    info.verify_copy(&mut counted).with_context(|| {
-        format!(
-            "reading back {} after writing it: the partition does not hold what was written \
-             (failing storage?)",
-            device.target_dev.display()
-        )
-    })?;
+    written
+        .verify(&mut partition, |done, total| {
+            progress.bytes("verify", done, total)
+        })
+        .with_context(|| {
+            format!(
+                "reading back {} after writing it: the partition does not hold what was written \
+                 (failing storage?)",
+                device.target_dev.display()
+            )
+        })?;
+    if written.total() != info.size {
+        bail!(
+            "wrote {} bytes of the {ROOTFS} payload but the manifest says {}",
+            written.total(),
+            info.size
+        );
+    }
     drop(partition);
     progress.point("verified");
     timings.verify = started.elapsed();
@@ -563,11 +569,56 @@ fn lock(root: &Path) -> Result<fs::File> {
 struct PartitionWriter<'a> {
     file: &'a mut fs::File,
     pos: u64,
+    written: Written,
 }
 
 impl<'a> PartitionWriter<'a> {
     fn new(file: &'a mut fs::File) -> Self {
-        PartitionWriter { file, pos: 0 }
+        PartitionWriter {
+            file,
+            pos: 0,
+            written: Written::default(),
+        }
+    }
+}
+
+/// What was written, chunk by chunk: a run of zeros, or the bytes' XXH3 digest. Reading the
+/// partition back against it checks every byte at the speed of the disk, not of SHA-256.
+#[derive(Debug, Default)]
+struct Written {
+    chunks: Vec<(u64, Option<u64>)>,
+}
+
+impl Written {
+    fn push(&mut self, bytes: &[u8], zero: bool) {
+        let digest = (!zero).then(|| xxhash_rust::xxh3::xxh3_64(bytes));
+        self.chunks.push((bytes.len() as u64, digest));
+    }
+
+    fn total(&self) -> u64 {
+        self.chunks.iter().map(|(len, _)| len).sum()
+    }
+
+    /// Reads the chunks back from `from` (positioned at the start) and compares.
+    fn verify(&self, from: &mut impl Read, mut progress: impl FnMut(u64, u64)) -> Result<()> {
+        let total = self.total();
+        let mut buf = Vec::new();
+        let mut done = 0u64;
+        for &(len, digest) in &self.chunks {
+            buf.resize(len as usize, 0);
+            from.read_exact(&mut buf)
+                .with_context(|| format!("reading {len} bytes at offset {done}"))?;
+            let same = match digest {
+                None => buf.iter().all(|&b| b == 0),
+                Some(d) => xxhash_rust::xxh3::xxh3_64(&buf) == d,
+            };
+            if !same {
+                bail!("the {len} bytes at offset {done} differ from what was written");
+            }
+            done += len;
+            progress(done, total);
+        }
+        Ok(())
     }
 }
 
@@ -585,35 +636,20 @@ impl Write for PartitionWriter<'_> {
                 len,
             );
             if zeroed.is_ok() {
+                self.written.push(buf, true);
                 self.pos += len;
                 self.file.seek(SeekFrom::Start(self.pos))?;
                 return Ok(buf.len());
             }
         }
         let n = self.file.write(buf)?;
+        self.written.push(&buf[..n], false);
         self.pos += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
-    }
-}
-
-/// Counts bytes read for the progress report.
-struct CountingReader<'p, R> {
-    inner: R,
-    done: u64,
-    total: u64,
-    progress: &'p mut Progress,
-}
-
-impl<R: Read> Read for CountingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        self.progress.bytes("verify", self.done, self.total);
-        Ok(n)
     }
 }
 
@@ -631,4 +667,46 @@ fn max_rss_kib() -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_back_catches_any_changed_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partition");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+        let zeros = vec![0u8; 8192];
+        let written = {
+            let mut writer = PartitionWriter::new(&mut file);
+            writer.write_all(&data).unwrap();
+            writer.write_all(&zeros).unwrap();
+            writer.write_all(&data[..100]).unwrap();
+            writer.written
+        };
+        assert_eq!(written.total(), (data.len() + zeros.len() + 100) as u64);
+        file.seek(SeekFrom::Start(0)).unwrap();
+        written.verify(&mut file, |_, _| ()).unwrap();
+        // One byte changed in the zero run, then in the data.
+        for offset in [data.len() as u64 + 17, 5] {
+            let mut copy = fs::read(&path).unwrap();
+            copy[offset as usize] ^= 1;
+            let err = written
+                .verify(&mut io::Cursor::new(copy), |_, _| ())
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("differ"), "{err:#}");
+        }
+        // A partition shorter than what was written.
+        let short = fs::read(&path).unwrap()[..4096].to_vec();
+        assert!(written.verify(&mut io::Cursor::new(short), |_, _| ()).is_err());
+    }
 }
