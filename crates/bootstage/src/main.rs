@@ -9,6 +9,9 @@ mod sys;
 use log::Log;
 use std::time::Duration;
 
+/// How long a failed development boot offers its shell before rebooting.
+const SHELL_OFFER: Duration = Duration::from_secs(30);
+
 fn main() {
     let log = Log::new();
     if std::process::id() != 1 {
@@ -42,8 +45,18 @@ fn main() {
     {
         log.info(format!("FAILED: {e:#}"));
         if development {
-            log.info("development image: starting a shell on the console; exit it to reboot");
-            shell(&log);
+            // Unattended, the device must reboot: an update on trial falls back to the old
+            // root only after its boot attempts are used up.
+            log.info(format!(
+                "development image: press Enter within {} s for a shell on the console \
+                 (exit it to reboot); rebooting otherwise",
+                SHELL_OFFER.as_secs()
+            ));
+            if sys::console_input_within(SHELL_OFFER) {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                shell(&log);
+            }
         } else {
             log.info("rebooting in 10 s");
             std::thread::sleep(Duration::from_secs(10));

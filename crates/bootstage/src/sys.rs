@@ -167,3 +167,16 @@ pub fn resize_partition(disk: &File, number: u32, start: u64, length: u64) -> io
     let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG as _, &mut arg as *mut BlkpgIoctlArg) };
     check(rc.into())
 }
+
+/// Waits up to `timeout` for input on stdin (the console); true if some arrived.
+pub fn console_input_within(timeout: std::time::Duration) -> bool {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut fds, 1, ms) };
+    rc > 0 && fds.revents & libc::POLLIN != 0
+}

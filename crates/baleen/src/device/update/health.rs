@@ -101,8 +101,21 @@ fn named(name: &str, result: Result<String, String>) -> CheckResult {
 }
 
 fn run_check(path: &Path) -> Result<String, String> {
-    match Cmd::new(path).timeout(CHECK_TIMEOUT).run() {
-        Ok(out) => Ok(last_line(&out.stdout)),
+    let any_code: Vec<i32> = (0..=255).collect();
+    match Cmd::new(path)
+        .timeout(CHECK_TIMEOUT)
+        .ok_codes(&any_code)
+        .run()
+    {
+        Ok(out) if out.code == 0 => Ok(last_line(&out.stdout)),
+        Ok(out) => {
+            let said = [&out.stderr, &out.stdout]
+                .into_iter()
+                .map(|t| last_line(t))
+                .find(|l| !l.is_empty())
+                .unwrap_or_default();
+            Err(format!("exit code {}: {said}", out.code))
+        }
         Err(e) => Err(e.to_string()),
     }
 }

@@ -707,6 +707,10 @@ mod tests {
         }
         // A partition shorter than what was written.
         let short = fs::read(&path).unwrap()[..4096].to_vec();
-        assert!(written.verify(&mut io::Cursor::new(short), |_, _| ()).is_err());
+        assert!(
+            written
+                .verify(&mut io::Cursor::new(short), |_, _| ())
+                .is_err()
+        );
     }
 }
