@@ -5,7 +5,7 @@
 use anyhow::{Context, Result, bail};
 use bootenv::{BootEnv, EnvBlock, Slot};
 use std::fs;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// The bootenv file on the boot partition, relative to the root.
@@ -108,20 +108,40 @@ pub fn read_bootenv(root: &Path) -> Result<StoredEnv> {
     Ok(StoredEnv { env })
 }
 
-/// Writes `env` into the bootenv, atomically: the new 1024-byte block goes to
-/// `bootenv.new`, is synced, then renamed over `bootenv` and the directory
-/// synced. A power cut leaves either the old or the new block, never a torn
-/// one. `staged` runs between the sync and the rename (a test pause point).
+/// Writes `env` into the bootenv so that a power cut leaves the old or the new block, never
+/// a torn one.
+///
+/// The balena keys sit in the block's first 512-byte sector, and nothing else changes, so the
+/// block is rewritten **in place**, as GRUB's `save_env` does: the disk rewrites that one
+/// sector and the FAT's metadata (cluster chain, directory entry size) is never touched. A
+/// rename would be worse on FAT: it rewrites directory entries and the allocation table in
+/// an order nothing guarantees. When the change spans sectors (other keys in front of ours),
+/// or there is no bootenv yet, the new block goes to `bootenv.new`, is synced and renamed
+/// over. `staged` runs just before the switching write (a test pause point).
 pub fn write_bootenv(root: &Path, env: &BootEnv, staged: impl FnOnce()) -> Result<()> {
     let path = root.join(BOOTENV);
-    let mut block = match fs::read(&path) {
-        Ok(bytes) => EnvBlock::parse(&bytes).unwrap_or_else(|_| EnvBlock::new()),
-        Err(_) => EnvBlock::new(),
-    };
+    let old = fs::read(&path).ok();
+    let mut block = old
+        .as_deref()
+        .and_then(|bytes| EnvBlock::parse(bytes).ok())
+        .unwrap_or_else(EnvBlock::new);
     env.apply_to(&mut block);
     let bytes = block
         .to_bytes()
         .with_context(|| format!("encoding {}", path.display()))?;
+    if let Some(sector) = old.as_deref().and_then(|old| changed_sector(old, &bytes)) {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        staged();
+        let range = sector * SECTOR..(sector + 1) * SECTOR;
+        file.seek(std::io::SeekFrom::Start(range.start as u64))?;
+        file.write_all(&bytes[range])
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(());
+    }
     let tmp = path.with_extension("new");
     let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(&bytes)
@@ -133,6 +153,24 @@ pub fn write_bootenv(root: &Path, env: &BootEnv, staged: impl FnOnce()) -> Resul
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_dir(path.parent().unwrap_or(root))?;
     Ok(())
+}
+
+const SECTOR: usize = 512;
+
+/// The one sector in which `old` and `new` (both whole blocks) differ, if exactly one does.
+/// `Some(0)` also when nothing differs (the write is then harmless).
+fn changed_sector(old: &[u8], new: &[u8]) -> Option<usize> {
+    if old.len() != new.len() || new.len() % SECTOR != 0 {
+        return None;
+    }
+    let mut changed = old
+        .chunks(SECTOR)
+        .zip(new.chunks(SECTOR))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i);
+    let first = changed.next().unwrap_or(0);
+    changed.next().is_none().then_some(first)
 }
 
 /// fsync of a directory, so a rename or a new entry in it is on disk.
@@ -169,6 +207,25 @@ mod tests {
         let block = EnvBlock::parse(&bytes).unwrap();
         assert_eq!(block.get("extra_os_cmdline"), Some("quiet"));
         assert!(!root.join("mnt/boot/bootenv.new").exists());
+    }
+
+    #[test]
+    fn a_switch_rewrites_one_sector_in_place() {
+        let old = EnvBlock::new();
+        let mut new = EnvBlock::new();
+        BootEnv {
+            resin_root_part: Slot::B,
+            upgrade_available: true,
+            bootcount: 0,
+        }
+        .apply_to(&mut new);
+        let (old, new) = (old.to_bytes().unwrap(), new.to_bytes().unwrap());
+        assert_eq!(changed_sector(&old, &new), Some(0));
+        assert_eq!(changed_sector(&old, &old), Some(0));
+        let mut both = new;
+        both[700] = b'x';
+        assert_eq!(changed_sector(&old, &both), None, "two sectors differ");
+        assert_eq!(changed_sector(&old[..100], &new), None);
     }
 
     #[test]
