@@ -124,7 +124,7 @@ pub fn write_bootenv(root: &Path, env: &BootEnv, staged: impl FnOnce()) -> Resul
     let mut block = old
         .as_deref()
         .and_then(|bytes| EnvBlock::parse(bytes).ok())
-        .unwrap_or_else(EnvBlock::new);
+        .unwrap_or_default();
     env.apply_to(&mut block);
     let bytes = block
         .to_bytes()
