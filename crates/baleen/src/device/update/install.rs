@@ -164,6 +164,7 @@ pub fn install(root: &Path, options: &InstallOptions) -> Result<Installed> {
             bundle.trust()
         ),
     );
+    release_inactive(root, &device.target_dev)?;
     progress.point("open");
 
     let mut record = Record::load(root);
@@ -285,7 +286,6 @@ fn write_and_switch<R: Read>(
     before: &health::Before,
 ) -> Result<Timings> {
     let mut timings = Timings::default();
-    release_inactive(root, &device.target_dev)?;
 
     // 1. The root filesystem, streamed into the partition.
     let started = Instant::now();
