@@ -54,6 +54,9 @@ pub fn at_boot(root: &Path) -> Result<()> {
     crate::device::bootpart::mount_boot(root)?;
     let stored = slots::read_bootenv(root)?;
     let slots = Slots::probe(root)?;
+    if let Err(e) = bootfiles::remove_recovered_chains(root) {
+        tracing::warn!("{e:#}");
+    }
     let action = decide(&stored.env, slots.active, any_breadcrumb(root));
     tracing::info!(
         "bootenv resin_root_part={} upgrade_available={} bootcount={}; running slot {}: {action:?}",
