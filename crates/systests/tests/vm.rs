@@ -220,18 +220,18 @@ fn empty_slot_b_with_update_pending_falls_back_to_a() {
         blkid_uuid(&vm, "/dev/disk/by-partlabel/resin-rootA")
     );
 
-    // The attempts are used up and persisted: every later boot goes to A until
-    // the running OS repairs bootenv.
+    // The attempts were used up and persisted (B, 1, MAX_ATTEMPTS + 1); the running OS
+    // (A) then repairs the bootenv after the fallback (baleen-update-boot.service, altboot).
+    vm.run_ok("systemctl is-active -q baleen-update-boot.service || sleep 20")
+        .unwrap();
     let env = vm.run_ok("cat /mnt/boot/bootenv").unwrap();
     let block = bootenv::EnvBlock::parse(env.as_bytes()).unwrap();
     let env = bootenv::BootEnv::from_block(&block).unwrap();
-    assert_eq!(env.resin_root_part, bootenv::Slot::B);
-    assert!(env.upgrade_available);
-    assert_eq!(
-        env.bootcount,
-        bootenv::MAX_ATTEMPTS + 1,
-        "bootcount after the failed attempt"
-    );
+    assert_eq!(env.resin_root_part, bootenv::Slot::A);
+    assert!(!env.upgrade_available);
+    assert_eq!(env.bootcount, 0, "bootcount after the altboot repair");
+    vm.run_ok("test -e /mnt/state/rollback-altboot-triggered")
+        .unwrap();
 
     // A second boot counts again and still comes back on A.
     vm.reboot_wait(SSH_WAIT).unwrap();
