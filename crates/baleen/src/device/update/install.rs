@@ -420,9 +420,9 @@ fn write_and_switch<R: Read>(
     Ok(timings)
 }
 
-/// Makes sure nothing holds the inactive root: the automount of
-/// `/mnt/sysroot/inactive` is stopped (it comes back at the next boot).
-fn release_inactive(root: &Path, dev: &Path) -> Result<()> {
+/// Stops the automount of `/mnt/sysroot/inactive` (it comes back at the next boot), so the
+/// inactive root can be written or mounted elsewhere.
+pub(super) fn stop_inactive_automount() {
     let _ = Cmd::new("systemctl")
         .package("systemd")
         .args([
@@ -431,6 +431,12 @@ fn release_inactive(root: &Path, dev: &Path) -> Result<()> {
             "mnt-sysroot-inactive.mount",
         ])
         .run();
+}
+
+/// Makes sure nothing holds the inactive root: the automount of
+/// `/mnt/sysroot/inactive` is stopped (it comes back at the next boot).
+fn release_inactive(root: &Path, dev: &Path) -> Result<()> {
+    stop_inactive_automount();
     let mountinfo = fs::read_to_string(root.join("proc/self/mountinfo")).unwrap_or_default();
     let dev_text = dev.to_string_lossy();
     if let Some(line) = mountinfo.lines().find(|l| {

@@ -170,6 +170,30 @@ impl Record {
         );
     }
 
+    /// Records a rollback away from `failed` (now bad) to `to`.
+    pub fn rolled_back(
+        &mut self,
+        kind: RollbackKind,
+        failed: Slot,
+        failed_version: Option<String>,
+        to: Slot,
+        reason: &str,
+    ) {
+        self.set_slot(failed, failed_version.as_deref(), SlotState::Bad);
+        if let Some(update) = self.last_update.as_mut() {
+            update.result = UpdateResult::RolledBack;
+            update.reason = Some(reason.to_owned());
+        }
+        self.last_rollback = Some(RollbackRecord {
+            kind,
+            at: now(),
+            from_version: failed_version,
+            from_slot: failed.as_str().to_owned(),
+            to_slot: to.as_str().to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+
     pub fn slot(&self, slot: Slot) -> Option<&SlotRecord> {
         self.slots.get(slot.as_str())
     }

@@ -11,8 +11,10 @@ use subprocess::Cmd;
 use super::bootfiles;
 use super::health::{self, Verdict, Window};
 use super::hooks::{self, Phase, Runner};
-use super::install::{DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_WINDOW, Mounts};
-use super::record::{self, Record, RollbackKind, RollbackRecord, SlotState, UpdateResult};
+use super::install::{
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_WINDOW, Mounts, stop_inactive_automount,
+};
+use super::record::{self, Record, RollbackKind, SlotState, UpdateResult};
 use super::slots::{self, Slots};
 
 /// Where the old root is mounted to run its hooks during a health rollback.
@@ -128,21 +130,15 @@ fn altboot(root: &Path, slots: &Slots, env: &BootEnv) -> Result<()> {
     record::remove(root, &record::BREADCRUMBS)?;
     record::remove(root, &[record::HEALTH_FAILED])?;
     record::sync_state(root)?;
-    rec.set_slot(failed, failed_version.as_deref(), SlotState::Bad);
     let running = running_version(root);
     rec.set_slot(slots.active, running.as_deref(), SlotState::Good);
-    if let Some(update) = rec.last_update.as_mut() {
-        update.result = UpdateResult::RolledBack;
-        update.reason = Some(reason.clone());
-    }
-    rec.last_rollback = Some(RollbackRecord {
-        kind: RollbackKind::Altboot,
-        at: record::now(),
-        from_version: failed_version,
-        from_slot: failed.as_str().to_owned(),
-        to_slot: slots.active.as_str().to_owned(),
-        reason,
-    });
+    rec.rolled_back(
+        RollbackKind::Altboot,
+        failed,
+        failed_version,
+        slots.active,
+        &reason,
+    );
     rec.save(root)
 }
 
@@ -290,20 +286,13 @@ fn health_rollback(root: &Path, slots: &Slots, reason: &str) -> Result<()> {
     record::remove(root, &record::BREADCRUMBS)?;
     record::sync_state(root)?;
     let mut rec = Record::load(root);
-    let version = running_version(root);
-    rec.set_slot(slots.active, version.as_deref(), SlotState::Bad);
-    if let Some(update) = rec.last_update.as_mut() {
-        update.result = UpdateResult::RolledBack;
-        update.reason = Some(reason.to_owned());
-    }
-    rec.last_rollback = Some(RollbackRecord {
-        kind: RollbackKind::Health,
-        at: record::now(),
-        from_version: version,
-        from_slot: slots.active.as_str().to_owned(),
-        to_slot: old.as_str().to_owned(),
-        reason: reason.to_owned(),
-    });
+    rec.rolled_back(
+        RollbackKind::Health,
+        slots.active,
+        running_version(root),
+        old,
+        reason,
+    );
     rec.save(root)?;
     rustix::fs::sync();
     tracing::warn!("rebooting into slot {old}");
@@ -320,14 +309,7 @@ fn health_rollback(root: &Path, slots: &Slots, reason: &str) -> Result<()> {
 fn run_old_hooks(root: &Path, old_dev: &Path) -> Result<()> {
     let target = root.join(OLD_ROOT);
     std::fs::create_dir_all(&target)?;
-    let _ = Cmd::new("systemctl")
-        .package("systemd")
-        .args([
-            "stop",
-            "mnt-sysroot-inactive.automount",
-            "mnt-sysroot-inactive.mount",
-        ])
-        .run();
+    stop_inactive_automount();
     let _mounted = Mounts::new_root(old_dev, &target)?;
     Runner::new(Some(target), true)
         .run(Phase::Forward)
