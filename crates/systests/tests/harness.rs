@@ -197,7 +197,10 @@ fn attaches_to_a_tap_in_a_namespace() {
     assert!(!link.contains("NO-CARRIER"), "{link}");
     let cmdline = fs::read_to_string(vm.log_dir().join("qemu.cmdline")).unwrap();
     assert!(
-        cmdline.starts_with(&format!("ip netns exec {} ", ns.name())),
+        cmdline.starts_with(&format!(
+            "setpriv --pdeathsig TERM -- ip netns exec {} ",
+            ns.name()
+        )),
         "{cmdline}"
     );
     assert!(!cmdline.contains("user,"), "{cmdline}");

@@ -240,6 +240,9 @@ pub(crate) enum Net {
     Tap { netns: String, ifname: String },
 }
 
+/// The accelerator: software emulation with a 128 MiB translation cache (see `qemu_argv`).
+pub const TCG_ACCEL: &str = "tcg,tb-size=128";
+
 /// Escapes a value for QEMU's comma-separated option syntax.
 fn opt(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
@@ -254,7 +257,12 @@ pub(crate) fn qemu_argv(cfg: &VmConfig, layout: &Layout) -> Vec<OsString> {
     a.push(cfg.qemu.to_string_lossy().into_owned());
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &cfg.name.replace(',', ",,")]);
-    push(&["-machine", "q35", "-accel", "tcg", "-cpu", "max"]);
+    // TCG's translation cache defaults to 1 GiB, so it is never flushed: after a guest reboot
+    // the new boot writes over pages still holding translations of the old one, and each such
+    // write pays for invalidating them (the firmware, the kernel's decompression and kexec all
+    // write most of memory). Measured: reboot to SSH 90 s with the default, 40 s with 128 MiB;
+    // a cold boot is the same with both.
+    push(&["-machine", "q35", "-accel", TCG_ACCEL, "-cpu", "max"]);
     push(&[
         "-smp",
         &cfg.cpus.to_string(),
@@ -365,7 +373,7 @@ mod tests {
             after(&a, "-netdev"),
             ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40123-:22222"]
         );
-        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=128"]);
         assert!(!a.iter().any(|s| s.contains("kvm")), "{a:?}");
         assert_eq!(after(&a, "-machine"), ["q35"]);
         assert_eq!(after(&a, "-smp"), ["2"]);

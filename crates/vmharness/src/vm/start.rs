@@ -170,8 +170,11 @@ impl Vm {
                 .map_err(|e| Error::io_path("removing stale socket", &self.layout.qmp, e))?;
         }
         let argv = qemu_argv(&self.config, &self.layout);
-        let mut command = Command::new(&argv[0]);
-        command.args(&argv[1..]);
+        // QEMU ends with whoever started it, even when that is killed and never drops the
+        // `Vm` (a test binary hit by a signal, `baleen run` ended with `kill`): util-linux's
+        // setpriv sets the parent-death signal and execs the rest.
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "TERM", "--"]).args(&argv);
         let desc = cmd::describe(&command);
         let qemu_log = self.log_dir.join("qemu.log");
         // A reused log folder starts over on the first run; restarts append.
