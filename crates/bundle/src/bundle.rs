@@ -2,6 +2,7 @@
 //! after the other, each checked against the manifest as it is read.
 
 use std::io::{self, BufReader, Read, Write};
+use std::sync::{Arc, mpsc};
 
 use osversion::HostOsVersion;
 use sha2::Digest;
@@ -14,6 +15,8 @@ use crate::{Error, Manifest, PayloadInfo, ROOTFS, Sha256Sum, TrustedKeys};
 pub const MAX_WINDOW_LOG: u32 = 24;
 
 const CHUNK: usize = 1 << 20;
+/// Chunks in flight to the hashing thread.
+const HASH_QUEUE: usize = 4;
 
 /// An opened bundle whose manifest is verified; its payloads are still to be read.
 ///
@@ -238,34 +241,79 @@ impl<R: Read> PayloadReader<'_, R> {
         out: &mut W,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(), Error> {
-        let mut buf = vec![0u8; CHUNK];
-        let total = self.info.size;
+        if self.status != Status::Reading {
+            // Verified already (nothing left) or poisoned: `read` says which.
+            let mut nothing = [0u8; 1];
+            return self
+                .read(&mut nothing)
+                .map(drop)
+                .map_err(|e| Error::from_payload_io(&self.info.name, e));
+        }
+        // The uncompressed SHA-256 is taken on a second thread: on a device with two cores it
+        // runs beside decompression and the write instead of after them.
+        let (streamed, hasher) = std::thread::scope(|scope| {
+            let (to_hasher, chunks) = mpsc::sync_channel::<Arc<Vec<u8>>>(HASH_QUEUE);
+            let hashing = scope.spawn(move || {
+                let mut hasher = sha2::Sha256::new();
+                for chunk in chunks {
+                    hasher.update(&chunk[..]);
+                }
+                hasher
+            });
+            let streamed = self.stream_chunks(out, &to_hasher, &mut progress);
+            drop(to_hasher);
+            (streamed, hashing.join())
+        });
+        let checked = streamed.and_then(|()| {
+            self.hasher = hasher.expect("the hashing thread panicked");
+            self.finish()
+        });
+        match checked {
+            Ok(()) => {
+                self.status = Status::Verified;
+                self.state.open = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.fail();
+                Err(e)
+            }
+        }
+    }
+
+    /// Decompresses the payload to its end in whole chunks, each sent to `hasher` and written
+    /// to `out`. The end checks are the caller's.
+    fn stream_chunks<W: Write + ?Sized>(
+        &mut self,
+        out: &mut W,
+        hasher: &mpsc::SyncSender<Arc<Vec<u8>>>,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<(), Error> {
         loop {
             // Whole chunks make large sequential writes to the partition.
+            let mut buf = vec![0u8; CHUNK];
             let mut filled = 0;
-            let mut ended = false;
             while filled < buf.len() {
-                match self.read(&mut buf[filled..]) {
-                    Ok(0) => {
-                        ended = true;
-                        break;
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::from_payload_io(&self.info.name, e)),
+                match self.pull(&mut buf[filled..])? {
+                    0 => break,
+                    n => filled += n,
                 }
             }
-            if filled > 0 {
-                if let Err(source) = out.write_all(&buf[..filled]) {
-                    self.fail();
-                    return Err(Error::PayloadWrite {
-                        name: self.info.name.clone(),
-                        source,
-                    });
-                }
-                progress(self.produced, total);
+            if filled == 0 {
+                return Ok(());
             }
-            if ended {
+            buf.truncate(filled);
+            let chunk = Arc::new(buf);
+            // The hashing thread only stops when this sender is dropped.
+            let _ = hasher.send(Arc::clone(&chunk));
+            out.write_all(&chunk)
+                .map_err(|source| Error::PayloadWrite {
+                    name: self.info.name.clone(),
+                    source,
+                })?;
+            progress(self.produced, self.info.size);
+            if filled < CHUNK {
+                // `pull` returned 0: the decoder is at its end.
                 return Ok(());
             }
         }
@@ -364,6 +412,34 @@ impl<R: Read> PayloadReader<'_, R> {
     }
 }
 
+impl<R: Read> PayloadReader<'_, R> {
+    /// Decompresses into `buf` (not hashed), never past the manifest's size; `Ok(0)` at the
+    /// decoder's end, before the end checks.
+    fn pull(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            return match self.decoder.read(buf) {
+                Ok(n) if self.produced + n as u64 > self.info.size => {
+                    Err(Error::PayloadSizeMismatch {
+                        name: self.info.name.clone(),
+                        expected: self.info.size,
+                        got: self.produced + n as u64,
+                        longer: true,
+                    })
+                }
+                Ok(n) => {
+                    self.produced += n as u64;
+                    Ok(n)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(self.stream_error(e)),
+            };
+        }
+    }
+}
+
 impl<R: Read> Read for PayloadReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.status {
@@ -379,24 +455,13 @@ impl<R: Read> Read for PayloadReader<'_, R> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let result = match self.decoder.read(buf) {
+        let result = match self.pull(buf) {
             Ok(0) => self.finish().map(|()| 0),
             Ok(n) => {
-                if self.produced + n as u64 > self.info.size {
-                    Err(Error::PayloadSizeMismatch {
-                        name: self.info.name.clone(),
-                        expected: self.info.size,
-                        got: self.produced + n as u64,
-                        longer: true,
-                    })
-                } else {
-                    self.hasher.update(&buf[..n]);
-                    self.produced += n as u64;
-                    Ok(n)
-                }
+                self.hasher.update(&buf[..n]);
+                Ok(n)
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => Err(self.stream_error(e)),
+            Err(e) => Err(e),
         };
         match result {
             Ok(0) => {

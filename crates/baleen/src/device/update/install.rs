@@ -14,6 +14,7 @@ use std::fs;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use subprocess::Cmd;
 
@@ -312,11 +313,33 @@ fn write_and_switch<R: Read>(
             );
         }
         let info = payload.info().clone();
-        let mut writer = PartitionWriter::new(&mut partition);
-        payload.copy_to(&mut writer, |done, total| {
-            progress.bytes("rootfs", done, total)
-        })?;
-        (info, writer.written)
+        // Two threads: this one downloads, decompresses and hashes; the other looks for zero
+        // runs, digests and writes. A device with two cores does both at once.
+        let partition = &mut partition;
+        let (copied, wrote) = std::thread::scope(|scope| {
+            let (queue, chunks) = mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
+            let worker = scope.spawn(move || -> io::Result<Written> {
+                let mut writer = PartitionWriter::new(partition);
+                for chunk in chunks {
+                    writer.write_all(&chunk)?;
+                }
+                Ok(writer.written)
+            });
+            let copied = payload.copy_to(&mut QueueWriter(queue), |done, total| {
+                progress.bytes("rootfs", done, total)
+            });
+            (copied, worker.join())
+        });
+        let wrote = wrote
+            .map_err(|_| anyhow::anyhow!("the partition writer thread panicked"))?
+            .with_context(|| format!("writing {}", device.target_dev.display()));
+        // A write error ends the queue, so the copy fails too: report the write's cause.
+        let written = match (copied, wrote) {
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(_)) => return Err(e.into()),
+            (Ok(()), Ok(written)) => written,
+        };
+        (info, written)
     };
     progress.point("rootfs-written");
     partition
@@ -567,6 +590,25 @@ fn lock(root: &Path) -> Result<fs::File> {
         },
     )?;
     Ok(file)
+}
+
+/// Chunks in flight between the decompressing thread and the writing one (1 MiB each).
+const WRITE_QUEUE: usize = 4;
+
+/// Hands each chunk to the writing thread; fails once that thread has stopped.
+struct QueueWriter(mpsc::SyncSender<Vec<u8>>);
+
+impl Write for QueueWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf.to_vec()).map_err(|_| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the partition writer stopped")
+        })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes the partition sequentially; a whole run of zero bytes is zeroed
