@@ -1,8 +1,10 @@
 //! `baleen bundle create`: an update bundle (the `bundle` crate's format, docs/updates.md) from
 //! an image `baleen build` made, signed with the build's update key. This module finds the
 //! image, its build manifest and the key, and reports; [`image`] reads the image into payloads.
+//! `baleen bundle verify` ([`verify`]) checks a bundle on the host.
 
 mod image;
+mod verify;
 
 use crate::build::updatekey;
 use anyhow::{Context, Result, bail};
@@ -27,6 +29,9 @@ pub enum Command {
     /// Make a signed update bundle from an image `baleen build` made: the root filesystem
     /// (resin-rootA) and the release's boot files, compressed, with a signed manifest.
     Create(CreateArgs),
+    /// Check a bundle on the host: its signature, and every payload's sizes and SHA-256 sums
+    /// (the decompressed one too, which devices leave to their read-back).
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +72,7 @@ fn parse_version(text: &str) -> Result<HostOsVersion, String> {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Create(args) => create(&args),
+        Command::Verify(args) => verify::verify(&args),
     }
 }
 
@@ -427,6 +433,7 @@ mod tests {
             .command
         {
             Command::Create(a) => Ok(a),
+            Command::Verify(_) => Err("not create".into()),
         }
     }
 

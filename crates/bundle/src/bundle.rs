@@ -140,7 +140,7 @@ impl<R: Read> Bundle<R> {
             last: index + 1 == manifest.payloads.len(),
             index,
             decoder,
-            hasher: sha2::Sha256::new(),
+            hasher: Some(sha2::Sha256::new()),
             produced: 0,
             state,
             status: Status::Reading,
@@ -203,8 +203,9 @@ impl Manifest {
 /// One payload being read: the decompressed bytes, checked against the manifest.
 ///
 /// `read` never returns more than the manifest's `size` bytes. It returns `Ok(0)` (end of
-/// payload) only once every byte was read and the compressed length, both SHA-256 sums and the
-/// uncompressed size match the manifest; any mismatch, damage or truncation is an error at the
+/// payload) only once every byte was read and the compressed length, both SHA-256 sums (only
+/// the compressed one after [`without_uncompressed_sha256`](Self::without_uncompressed_sha256))
+/// and the uncompressed size match the manifest; any mismatch, damage or truncation is an error at the
 /// latest where the end would be. The bytes already returned are only trustworthy after that
 /// `Ok(0)`: write them somewhere inactive (the other root partition), never in place of
 /// something in use. Errors from `read` carry this crate's [`Error`] inside the
@@ -214,7 +215,8 @@ pub struct PayloadReader<'a, R: Read> {
     last: bool,
     index: usize,
     decoder: zstd::stream::read::Decoder<'static, BufReader<Compressed<'a, R>>>,
-    hasher: sha2::Sha256,
+    /// The uncompressed SHA-256, unless the caller checks the output itself.
+    hasher: Option<sha2::Sha256>,
     produced: u64,
     state: &'a mut StreamState,
     status: Status,
@@ -233,6 +235,19 @@ impl<R: Read> PayloadReader<'_, R> {
         self.info
     }
 
+    /// Leaves out the SHA-256 of the decompressed bytes, for a caller that checks what it
+    /// wrote by other means (the install reads the partition back).
+    ///
+    /// Every other check stays: the compressed bytes' length and SHA-256 (which the signed
+    /// manifest pins, and with them every decompressed byte, decompression being a function of
+    /// its input), the decompressed size, zstd's own frame checksum (XXH64 of the content, in
+    /// bundles that carry it: all made by [`create`](crate::create)) and the end of the bundle.
+    /// It spares the caller a second pass over the largest payload with the slowest hash.
+    pub fn without_uncompressed_sha256(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
     /// Copies the whole payload into `out`, calling `progress(bytes_done, total)` after each
     /// chunk (total = the uncompressed size). `Ok` means every byte was written and the payload
     /// verified; `out` is not flushed or synced.
@@ -249,25 +264,31 @@ impl<R: Read> PayloadReader<'_, R> {
                 .map(drop)
                 .map_err(|e| Error::from_payload_io(&self.info.name, e));
         }
-        // The uncompressed SHA-256 is taken on a second thread: on a device with two cores it
-        // runs beside decompression and the write instead of after them.
-        let (streamed, hasher) = std::thread::scope(|scope| {
-            let (to_hasher, chunks) = mpsc::sync_channel::<Arc<Vec<u8>>>(HASH_QUEUE);
-            let hashing = scope.spawn(move || {
-                let mut hasher = sha2::Sha256::new();
-                for chunk in chunks {
-                    hasher.update(&chunk[..]);
-                }
-                hasher
-            });
-            let streamed = self.stream_chunks(out, &to_hasher, &mut progress);
-            drop(to_hasher);
-            (streamed, hashing.join())
-        });
-        let checked = streamed.and_then(|()| {
-            self.hasher = hasher.expect("the hashing thread panicked");
-            self.finish()
-        });
+        let checked = match self.hasher.take() {
+            // The uncompressed SHA-256 is taken on a second thread: on a device with two cores
+            // it runs beside decompression and the write instead of after them.
+            Some(mut hasher) => {
+                let (streamed, hasher) = std::thread::scope(|scope| {
+                    let (to_hasher, chunks) = mpsc::sync_channel::<Arc<Vec<u8>>>(HASH_QUEUE);
+                    let hashing = scope.spawn(move || {
+                        for chunk in chunks {
+                            hasher.update(&chunk[..]);
+                        }
+                        hasher
+                    });
+                    let streamed = self.stream_chunks(out, Some(&to_hasher), &mut progress);
+                    drop(to_hasher);
+                    (streamed, hashing.join())
+                });
+                streamed.and_then(|()| {
+                    self.hasher = Some(hasher.expect("the hashing thread panicked"));
+                    self.finish()
+                })
+            }
+            None => self
+                .stream_chunks(out, None, &mut progress)
+                .and_then(|()| self.finish()),
+        };
         match checked {
             Ok(()) => {
                 self.status = Status::Verified;
@@ -281,12 +302,12 @@ impl<R: Read> PayloadReader<'_, R> {
         }
     }
 
-    /// Decompresses the payload to its end in whole chunks, each sent to `hasher` and written
-    /// to `out`. The end checks are the caller's.
+    /// Decompresses the payload to its end in whole chunks, each sent to `hasher` (if any) and
+    /// written to `out`. The end checks are the caller's.
     fn stream_chunks<W: Write + ?Sized>(
         &mut self,
         out: &mut W,
-        hasher: &mpsc::SyncSender<Arc<Vec<u8>>>,
+        hasher: Option<&mpsc::SyncSender<Arc<Vec<u8>>>>,
         progress: &mut impl FnMut(u64, u64),
     ) -> Result<(), Error> {
         loop {
@@ -304,8 +325,10 @@ impl<R: Read> PayloadReader<'_, R> {
             }
             buf.truncate(filled);
             let chunk = Arc::new(buf);
-            // The hashing thread only stops when this sender is dropped.
-            let _ = hasher.send(Arc::clone(&chunk));
+            if let Some(hasher) = hasher {
+                // The hashing thread only stops when this sender is dropped.
+                let _ = hasher.send(Arc::clone(&chunk));
+            }
             out.write_all(&chunk)
                 .map_err(|source| Error::PayloadWrite {
                     name: self.info.name.clone(),
@@ -338,6 +361,18 @@ impl<R: Read> PayloadReader<'_, R> {
             Error::PayloadRead { name, source: err }
         } else if compressed.ended_early {
             self.truncated()
+        } else if let Some(got) = (compressed.remaining == 0)
+            .then(|| Sha256Sum(compressed.hasher.clone().finalize().into()))
+            .filter(|got| *got != self.info.compressed_sha256)
+        {
+            // A frame checksum that fails at the very end: the stream is not the signed one,
+            // which says more (damaged in transit) than the decoder's complaint.
+            Error::PayloadHashMismatch {
+                name,
+                which: "compressed",
+                expected: self.info.compressed_sha256,
+                got,
+            }
         } else {
             Error::PayloadCorrupt {
                 name,
@@ -378,14 +413,16 @@ impl<R: Read> PayloadReader<'_, R> {
                 longer: false,
             });
         }
-        let got = Sha256Sum(std::mem::take(&mut self.hasher).finalize().into());
-        if got != info.sha256 {
-            return Err(Error::PayloadHashMismatch {
-                name: info.name.clone(),
-                which: "uncompressed",
-                expected: info.sha256,
-                got,
-            });
+        if let Some(hasher) = self.hasher.take() {
+            let got = Sha256Sum(hasher.finalize().into());
+            if got != info.sha256 {
+                return Err(Error::PayloadHashMismatch {
+                    name: info.name.clone(),
+                    which: "uncompressed",
+                    expected: info.sha256,
+                    got,
+                });
+            }
         }
         if self.last {
             let reader = &mut self.decoder.get_mut().get_mut().reader;
@@ -458,7 +495,9 @@ impl<R: Read> Read for PayloadReader<'_, R> {
         let result = match self.pull(buf) {
             Ok(0) => self.finish().map(|()| 0),
             Ok(n) => {
-                self.hasher.update(&buf[..n]);
+                if let Some(hasher) = &mut self.hasher {
+                    hasher.update(&buf[..n]);
+                }
                 Ok(n)
             }
             Err(e) => Err(e),

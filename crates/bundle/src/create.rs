@@ -251,8 +251,11 @@ fn compress<W: Write>(
         path: out.to_owned(),
         source,
     };
-    let encoder =
+    let mut encoder =
         zstd::stream::write::Encoder::new(Hashing::new(sink), level).map_err(output_err)?;
+    // The frame's XXH64 of the content: the decoder checks it at the frame's end, also for a
+    // reader that skips the uncompressed SHA-256 (`without_uncompressed_sha256`).
+    encoder.include_checksum(true).map_err(output_err)?;
     let mut plain = Hashing::new(encoder);
     let name = input.name;
     match input.source {

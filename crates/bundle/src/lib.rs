@@ -18,7 +18,9 @@
 //! 2. [`Bundle::check_compatible`]: device type, version rule, partition size.
 //! 3. [`Bundle::next_payload`] for each payload in manifest order, copied to its target with
 //!    [`PayloadReader::copy_to`]; `Ok` means the payload's sizes and both SHA-256 sums
-//!    matched. For the `boot` payload, [`bootfiles::ArchiveReader`] unpacks the stream.
+//!    matched (the compressed one only, after
+//!    [`PayloadReader::without_uncompressed_sha256`], for a caller that reads its copy back).
+//!    For the `boot` payload, [`bootfiles::ArchiveReader`] unpacks the stream.
 //! 4. [`PayloadInfo::verify_copy`] on the written partition: the read-back check.
 //!
 //! # Bundle format, version 1
@@ -76,7 +78,8 @@
 //!
 //! Each stream is one or more zstd frames (RFC 8878), no dictionary, with a window of at most
 //! 16 MiB (window log ≤ 24, [`MAX_WINDOW_LOG`]), so a device needs bounded memory to decompress.
-//! [`create`] writes one frame per payload at levels 1 to 19 (default 3) on one thread.
+//! [`create`] writes one frame per payload at levels 1 to 19 (default 3) on one thread, with
+//! the frame's content checksum (XXH64) set; readers check a checksum when a frame has one.
 //!
 //! ## Signature block
 //!

@@ -576,6 +576,73 @@ fn a_payload_never_yields_more_than_its_size() {
     );
 }
 
+/// Reads every payload as the install does: `rootfs` without the uncompressed SHA-256.
+fn read_all_as_install(bytes: impl Read, policy: Policy) -> Result<Vec<u8>, Error> {
+    let mut bundle = Bundle::open(bytes, &TrustedKeys::new(), policy)?;
+    let mut rootfs = Vec::new();
+    bundle
+        .next_payload()?
+        .expect("a rootfs payload")
+        .without_uncompressed_sha256()
+        .copy_to(&mut rootfs, |_, _| ())?;
+    bundle.verify_remaining()?;
+    Ok(rootfs)
+}
+
+#[test]
+fn without_the_uncompressed_sha256_every_other_check_stays() {
+    let made = make(1 << 20, None);
+    let bytes = fs::read(&made.path).unwrap();
+    assert_eq!(read_all_as_install(&bytes[..], LAX).unwrap(), made.rootfs);
+
+    // Every frame carries zstd's content checksum (frame header descriptor, bit 2).
+    let area = payload_area(&bytes);
+    for p in &made.manifest.payloads {
+        let frame = &bytes[area + p.offset as usize..];
+        assert_eq!(
+            frame[..4],
+            [0x28, 0xb5, 0x2f, 0xfd],
+            "{}: zstd magic",
+            p.name
+        );
+        assert_ne!(frame[4] & 0x04, 0, "{}: no content checksum", p.name);
+    }
+
+    // The one check left out: a manifest whose uncompressed sum is wrong.
+    let wrong = reframe(&bytes, |m| {
+        m.payloads[0].sha256 = m.payloads[0].compressed_sha256
+    });
+    assert!(matches!(
+        read_all(&wrong[..], &TrustedKeys::new(), LAX),
+        Err(Error::PayloadHashMismatch {
+            which: "uncompressed",
+            ..
+        })
+    ));
+    assert_eq!(read_all_as_install(&wrong[..], LAX).unwrap(), made.rootfs);
+
+    // Damage anywhere in the stream, a truncation or a wrong size is still refused.
+    let rootfs = &made.manifest.payloads[0];
+    for step in 0..40u64 {
+        let offset = area + (step * rootfs.compressed_size / 40 + 3) as usize;
+        let mut damaged = bytes.clone();
+        damaged[offset] ^= 0x01;
+        let err = read_all_as_install(&damaged[..], LAX)
+            .expect_err(&format!("damage at {offset} went unnoticed"));
+        assert!(err.to_string().contains("payload \"rootfs\""), "{err}");
+    }
+    let cut = &bytes[..area + rootfs.compressed_size as usize / 2];
+    assert!(matches!(
+        read_all_as_install(cut, LAX),
+        Err(Error::PayloadTruncated { .. })
+    ));
+    let long = reframe(&bytes, |m| m.payloads[0].size += 1);
+    assert!(matches!(
+        read_all_as_install(&long[..], LAX),
+        Err(Error::PayloadSizeMismatch { longer: false, .. })
+    ));
+}
+
 #[test]
 fn payloads_are_read_in_order_to_their_end() {
     let made = make(100_000, None);
