@@ -206,6 +206,12 @@ fn units(root: &Path) -> Result<()> {
     Cmd::new("systemctl")
         .package("systemd")
         .arg(&root_arg)
+        .arg("mask")
+        .args(units::MASKED_UNITS)
+        .run()?;
+    Cmd::new("systemctl")
+        .package("systemd")
+        .arg(&root_arg)
         .arg("enable")
         .args(units::ENABLED_UNITS)
         .args(daemons::ENABLED_UNITS)
