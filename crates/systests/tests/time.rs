@@ -54,21 +54,15 @@ fn build_time(vm: &Vm) -> u64 {
 
 /// Polls `check` (a shell condition on the guest) until it holds.
 fn wait_until(vm: &Vm, check: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if vm.run(check).map(|o| o.success()).unwrap_or(false) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{check}` never held\n{}",
+    if let Err(e) = vm.wait_until(check, timeout) {
+        panic!(
+            "{e}\n{}",
             vm.run(
                 "journalctl -b --no-pager -u 'baleen-time*' -u chrony -u 'baleen-ntp*' | tail -40"
             )
             .map(|o| o.stdout)
             .unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

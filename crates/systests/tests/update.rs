@@ -20,7 +20,7 @@ use serde_json::Value;
 use systests::Scratch;
 use systests::bundles::{self, BundleServer, Defect, Faults};
 use systests::lan::Lan;
-use vmharness::{Vm, scaled, shell_quote};
+use vmharness::{Vm, shell_quote};
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
 const INSTALL_WAIT: Duration = Duration::from_secs(900);
@@ -244,23 +244,8 @@ fn update_journal(vm: &Vm) -> String {
 /// Polls `check` (a shell condition on the guest) until it holds, through reboots; returns
 /// how long it took.
 fn wait_until(vm: &Vm, check: &str, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    let deadline = started + scaled(timeout);
-    loop {
-        let held = vm
-            .run_timeout(check, Duration::from_secs(60))
-            .map(|o| o.success())
-            .unwrap_or(false);
-        if held {
-            return started.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{check}` never held in {timeout:?}\n{}",
-            update_journal(vm)
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    vm.wait_until(check, timeout)
+        .unwrap_or_else(|e| panic!("{e}\n{}", update_journal(vm)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -840,46 +825,34 @@ fn cut_power_at(rig: &mut Rig, point: &str) {
 /// exits.
 fn wait_for_pause(rig: &Rig, point: &str, pid: &str) {
     let vm = &rig.vm;
-    let deadline = Instant::now() + scaled(INSTALL_WAIT);
-    let check = format!(
-        "grep -qx {} /run/baleen/update-paused 2>/dev/null && echo paused || \
-         {{ kill -0 {pid} 2>/dev/null && echo running || echo exited; }}",
-        shell_quote(point)
-    );
-    loop {
-        let state = vm
-            .run_timeout(&check, Duration::from_secs(60))
-            .map(|o| o.stdout.trim().to_owned())
-            .unwrap_or_default();
-        let log = || {
-            vm.run("cat /run/install.log")
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-        };
-        if state == "paused" {
-            // The file comes first, then the message on stderr.
-            wait_until(
-                vm,
-                &format!(
-                    "grep -qF {} /run/install.log",
-                    shell_quote(&format!("paused at {point}"))
-                ),
-                Duration::from_secs(30),
-            );
-            return;
-        }
-        assert_ne!(
-            state,
-            "exited",
-            "the install ended before pausing at {point}:\n{}",
-            log()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the install never paused at {point}:\n{}\n{}",
+    let paused = format!("grep -qx {} /run/baleen/update-paused", shell_quote(point));
+    let log = || {
+        vm.run("cat /run/install.log")
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    };
+    if let Err(e) = vm.wait_until(
+        &format!("{paused} 2>/dev/null || ! kill -0 {pid} 2>/dev/null"),
+        INSTALL_WAIT,
+    ) {
+        panic!(
+            "the install never paused at {point}: {e}\n{}\n{}",
             log(),
             rig.server.log_tail()
         );
-        std::thread::sleep(Duration::from_secs(2));
     }
+    assert!(
+        vm.run(&paused).is_ok_and(|o| o.success()),
+        "the install ended before pausing at {point}:\n{}",
+        log()
+    );
+    // The file comes first, then the message on stderr.
+    wait_until(
+        vm,
+        &format!(
+            "grep -qF {} /run/install.log",
+            shell_quote(&format!("paused at {point}"))
+        ),
+        Duration::from_secs(30),
+    );
 }

@@ -21,6 +21,21 @@ fn banner_seen(port: u16) -> bool {
     stream.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
 }
 
+/// How often [`Vm::wait_until`] evaluates its condition on the guest.
+const POLL_EVERY: Duration = Duration::from_secs(2);
+/// The most polls in one SSH session of [`Vm::wait_until`].
+const POLL_SESSION: Duration = Duration::from_secs(30);
+
+/// A guest shell loop: exit 0 as soon as `check` holds, 3 after `polls` failed evaluations.
+/// Pure.
+fn poll_script(check: &str, polls: u64) -> String {
+    let every = POLL_EVERY.as_secs();
+    format!(
+        "i=0; until ( {check} ) >/dev/null 2>&1; do i=$((i+1)); \
+         [ \"$i\" -lt {polls} ] || exit 3; sleep {every}; done"
+    )
+}
+
 impl Vm {
     /// Waits until SSH answers; returns the time since the current QEMU start.
     pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<Duration> {
@@ -61,6 +76,33 @@ impl Vm {
                 ));
             }
             thread::sleep(Duration::from_secs(2).min(deadline - now));
+        }
+    }
+
+    /// Waits until the shell condition `check` holds on the guest (exit status 0; its output is
+    /// discarded); returns how long that took.
+    ///
+    /// The guest evaluates `check` every [`POLL_EVERY`] in one SSH session of up to
+    /// [`POLL_SESSION`], rather than one login per poll: under emulation a login costs the
+    /// guest seconds of CPU, taken from the very work being waited for. A session that ends
+    /// early (the guest rebooted, SSH is not up yet) is retried until `timeout` (scaled).
+    pub fn wait_until(&self, check: &str, timeout: Duration) -> Result<Duration> {
+        let timeout = scaled(timeout);
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let polls = (left.as_secs() / POLL_EVERY.as_secs()).clamp(1, POLL_SESSION.as_secs());
+            let script = poll_script(check, polls);
+            let limit = POLL_EVERY * polls as u32 + Duration::from_secs(60);
+            if self.ssh.run(&script, limit).is_ok_and(|o| o.success()) {
+                return Ok(started.elapsed());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.timeout(format!("`{check}` to hold on the guest"), timeout));
+            }
+            thread::sleep(Duration::from_secs(1).min(deadline - now));
         }
     }
 
@@ -138,5 +180,33 @@ impl Vm {
             }
             thread::sleep(Duration::from_secs(2).min(deadline - now));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_loop_runs_in_sh_until_the_check_holds_or_the_polls_run_out() {
+        let run = |check: &str, polls: u64| {
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &poll_script(check, polls).replace("sleep 2", "sleep 0"),
+                ])
+                .status()
+                .unwrap()
+                .code()
+        };
+        assert_eq!(run("true", 3), Some(0));
+        assert_eq!(run("false", 3), Some(3));
+        assert_eq!(run("echo noise; exit 1", 2), Some(3));
+        // Holds on the third evaluation.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("n");
+        let check = format!("echo x >>{0}; test $(wc -l <{0}) -ge 3", f.display());
+        assert_eq!(run(&check, 5), Some(0));
+        assert_eq!(run(&check, 1), Some(0));
     }
 }
