@@ -31,8 +31,9 @@ export BALEEN_TEST_IMAGES="$PWD/target/systests/images"
 "$BALEEN_BIN" build --config tests/build-dev-next.toml --out "$BALEEN_TEST_IMAGES/next"
 "$BALEEN_BIN" bundle create --image "$BALEEN_TEST_IMAGES/next/qemux86-64.img" \
     -o "$BALEEN_TEST_IMAGES/next/qemux86-64.bundle"
+"$BALEEN_BIN" bundle verify "$BALEEN_TEST_IMAGES/next/qemux86-64.bundle"
 
 step "image and VM tests"
-cargo test --locked --no-fail-fast -p systests -- --test-threads=1
+scripts/systests.sh
 
 step "done"

@@ -156,11 +156,19 @@ impl Vm {
         let deadline = t0 + timeout;
         loop {
             self.check_alive("waiting for the guest to reboot")?;
-            let last = match self.ssh.run_ok(
+            // As in `wait_for_ssh`: no ssh attempt (which would hang) before sshd's banner.
+            if let Some(port) = self.ssh_port() {
+                if !banner_seen(port) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            }
+            let last = match self.ssh.run(
                 "cat /proc/sys/kernel/random/boot_id",
                 Duration::from_secs(60),
             ) {
-                Ok(id) if id.trim() != before => {
+                Ok(o) if !o.success() => format!("`cat boot_id` failed: {}", o.stderr.trim()),
+                Ok(o) if o.stdout.trim() != before => {
                     let took = t0.elapsed();
                     tracing::info!(vm = %self.config.name, ?took, "rebooted");
                     return Ok(took);
@@ -178,7 +186,7 @@ impl Vm {
                     timeout,
                 ));
             }
-            thread::sleep(Duration::from_secs(2).min(deadline - now));
+            thread::sleep(Duration::from_secs(1).min(deadline - now));
         }
     }
 }

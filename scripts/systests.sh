@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The image and VM suites (crates/systests) as jobs run by two workers at once, longest first.
+#
+# One TCG guest leaves about a third of the two cores idle (health windows, timers, waits for
+# SSH), so two jobs at a time finish the suites much sooner than one. Each job's output is
+# printed whole when it ends; the run fails when any job failed, after all of them ran.
+#
+# Needs what `cargo test -p systests` needs (root, QEMU, built images: see scripts/test.sh).
+# BALEEN_TEST_WORKERS overrides the number of workers (1 runs the jobs one after another).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# `name  cargo test arguments`; each job runs its tests one at a time (RUST_TEST_THREADS=1).
+# The update suite is split by test, its last job taking whatever the others skip.
+update_split=(power_cut_at_every_step a_to_b_then_b_to_b unbootable_root_falls_back
+    broken_health_check_rolls_back)
+jobs=(
+    "update-power-cut --test update -- --exact power_cut_at_every_step"
+    "running-os --test running_os"
+    "update-a-to-b --test update -- --exact a_to_b_then_b_to_b"
+    "vm --test vm"
+    "update-altboot --test update -- --exact unbootable_root_falls_back"
+    "update-health --test update -- --exact broken_health_check_rolls_back"
+    "time --test time"
+    "update-others --test update --$(printf ' --skip %s' "${update_split[@]}")"
+    "config-agent --test config_agent"
+    "image-harness --lib --bins --test image --test harness --test timeservers"
+    "doctests --doc"
+)
+
+# Every suite in crates/systests/tests must be some job's `--test`.
+for suite in crates/systests/tests/*.rs; do
+    suite=$(basename "$suite" .rs)
+    if ! printf '%s\n' "${jobs[@]}" | grep -q -- "--test $suite\b"; then
+        echo "scripts/systests.sh: suite $suite is in no job; add it to the jobs list" >&2
+        exit 1
+    fi
+done
+
+cargo test --locked -p systests --no-run
+
+out=target/systests/jobs
+rm -rf "$out"
+mkdir -p "$out"
+printf '%s\n' "${jobs[@]}" >"$out/queue"
+
+# Prints the next job's line and removes it from the queue; fails when the queue is empty.
+next_job() {
+    (
+        flock 9
+        line=$(head -n 1 "$out/queue")
+        [ -n "$line" ] || exit 1
+        sed -i 1d "$out/queue"
+        printf '%s\n' "$line"
+    ) 9>"$out/queue.lock"
+}
+
+run_job() {
+    local name=$1 start rc=0
+    shift
+    start=$(date +%s)
+    echo "--- $name: started"
+    RUST_TEST_THREADS=1 cargo test --locked --no-fail-fast -p systests "$@" \
+        >"$out/$name.log" 2>&1 || rc=$?
+    (
+        flock 9
+        echo "--- $name: $([ "$rc" = 0 ] && echo ok || echo FAILED) after $(($(date +%s) - start)) s" \
+            "(cargo test -p systests $*)"
+        cat "$out/$name.log"
+        [ "$rc" = 0 ] || echo "$name" >>"$out/failed"
+        echo "$name" >>"$out/ended"
+    ) 9>"$out/print.lock"
+}
+
+worker() {
+    local line
+    while line=$(next_job); do
+        # shellcheck disable=SC2086 # the job's arguments are split on purpose
+        run_job $line
+    done
+}
+
+for _ in $(seq "${BALEEN_TEST_WORKERS:-2}"); do
+    worker &
+done
+wait
+
+ended=$(cat "$out/ended" 2>/dev/null | wc -l)
+if [ "$ended" != "${#jobs[@]}" ]; then
+    echo "only $ended of ${#jobs[@]} jobs ended; a worker stopped early (logs in $out)" >&2
+    exit 1
+fi
+if [ -s "$out/failed" ]; then
+    echo "failed jobs: $(tr '\n' ' ' <"$out/failed")(logs in $out)" >&2
+    exit 1
+fi
+echo "all ${#jobs[@]} jobs passed"
