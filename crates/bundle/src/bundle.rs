@@ -252,8 +252,29 @@ impl<R: Read> PayloadReader<'_, R> {
     /// chunk (total = the uncompressed size). `Ok` means every byte was written and the payload
     /// verified; `out` is not flushed or synced.
     pub fn copy_to<W: Write + ?Sized>(
-        mut self,
+        self,
         out: &mut W,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<(), Error> {
+        self.deliver(&mut |chunk| out.write_all(&chunk), progress)
+    }
+
+    /// Like [`copy_to`](Self::copy_to), but hands each decompressed chunk (1 MiB, the last one
+    /// shorter) to `sink` by value, e.g. to another thread, without copying it.
+    pub fn copy_chunks(
+        self,
+        mut sink: impl FnMut(Vec<u8>) -> io::Result<()>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<(), Error> {
+        self.deliver(
+            &mut |chunk| sink(Arc::try_unwrap(chunk).unwrap_or_else(|shared| shared.to_vec())),
+            progress,
+        )
+    }
+
+    fn deliver(
+        mut self,
+        out: &mut dyn FnMut(Arc<Vec<u8>>) -> io::Result<()>,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(), Error> {
         if self.status != Status::Reading {
@@ -303,10 +324,10 @@ impl<R: Read> PayloadReader<'_, R> {
     }
 
     /// Decompresses the payload to its end in whole chunks, each sent to `hasher` (if any) and
-    /// written to `out`. The end checks are the caller's.
-    fn stream_chunks<W: Write + ?Sized>(
+    /// then to `out`. The end checks are the caller's.
+    fn stream_chunks(
         &mut self,
-        out: &mut W,
+        out: &mut dyn FnMut(Arc<Vec<u8>>) -> io::Result<()>,
         hasher: Option<&mpsc::SyncSender<Arc<Vec<u8>>>>,
         progress: &mut impl FnMut(u64, u64),
     ) -> Result<(), Error> {
@@ -329,11 +350,10 @@ impl<R: Read> PayloadReader<'_, R> {
                 // The hashing thread only stops when this sender is dropped.
                 let _ = hasher.send(Arc::clone(&chunk));
             }
-            out.write_all(&chunk)
-                .map_err(|source| Error::PayloadWrite {
-                    name: self.info.name.clone(),
-                    source,
-                })?;
+            out(chunk).map_err(|source| Error::PayloadWrite {
+                name: self.info.name.clone(),
+                source,
+            })?;
             progress(self.produced, self.info.size);
             if filled < CHUNK {
                 // `pull` returned 0: the decoder is at its end.

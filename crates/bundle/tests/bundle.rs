@@ -591,9 +591,31 @@ fn read_all_as_install(bytes: impl Read, policy: Policy) -> Result<Vec<u8>, Erro
 
 #[test]
 fn without_the_uncompressed_sha256_every_other_check_stays() {
-    let made = make(1 << 20, None);
+    let made = make((5 << 20) / 2, None);
     let bytes = fs::read(&made.path).unwrap();
     assert_eq!(read_all_as_install(&bytes[..], LAX).unwrap(), made.rootfs);
+
+    // Whole 1 MiB chunks by value, the last one shorter, with or without the second hash.
+    for skip_hash in [false, true] {
+        let mut bundle = Bundle::open(&bytes[..], &TrustedKeys::new(), LAX).unwrap();
+        let mut payload = bundle.next_payload().unwrap().unwrap();
+        if skip_hash {
+            payload = payload.without_uncompressed_sha256();
+        }
+        let mut chunks = Vec::new();
+        payload
+            .copy_chunks(
+                |c| {
+                    chunks.push(c);
+                    Ok(())
+                },
+                |_, _| (),
+            )
+            .unwrap();
+        let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, [1 << 20, 1 << 20, 1 << 19]);
+        assert_eq!(chunks.concat(), made.rootfs);
+    }
 
     // Every frame carries zstd's content checksum (frame header descriptor, bit 2).
     let area = payload_area(&bytes);

@@ -330,9 +330,15 @@ fn write_and_switch<R: Read>(
                 }
                 Ok(writer.written)
             });
-            let copied = payload.copy_to(&mut QueueWriter(queue), |done, total| {
-                progress.bytes("rootfs", done, total)
-            });
+            let copied = payload.copy_chunks(
+                |chunk| {
+                    // A send fails once the writer stopped; its error is the one reported.
+                    queue.send(chunk).map_err(|_| {
+                        io::Error::new(io::ErrorKind::BrokenPipe, "the partition writer stopped")
+                    })
+                },
+                |done, total| progress.bytes("rootfs", done, total),
+            );
             (copied, worker.join())
         });
         let wrote = wrote
@@ -599,22 +605,6 @@ fn lock(root: &Path) -> Result<fs::File> {
 
 /// Chunks in flight between the decompressing thread and the writing one (1 MiB each).
 const WRITE_QUEUE: usize = 4;
-
-/// Hands each chunk to the writing thread; fails once that thread has stopped.
-struct QueueWriter(mpsc::SyncSender<Vec<u8>>);
-
-impl Write for QueueWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf.to_vec()).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the partition writer stopped")
-        })?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Writes the partition sequentially; a whole run of zero bytes is zeroed
 /// with `fallocate(ZERO_RANGE)` instead (the device zeroes it, often without
