@@ -330,8 +330,10 @@ fn write_and_switch<R: Read>(
                 }
                 Ok(writer.written)
             });
+            // The closure owns the sender: when the copy ends, it is dropped and the writer's
+            // loop ends.
             let copied = payload.copy_chunks(
-                |chunk| {
+                move |chunk| {
                     // A send fails once the writer stopped; its error is the one reported.
                     queue.send(chunk).map_err(|_| {
                         io::Error::new(io::ErrorKind::BrokenPipe, "the partition writer stopped")
