@@ -381,18 +381,16 @@ impl<R: Read> PayloadReader<'_, R> {
             Error::PayloadRead { name, source: err }
         } else if compressed.ended_early {
             self.truncated()
-        } else if let Some(got) = (compressed.remaining == 0)
-            .then(|| Sha256Sum(compressed.hasher.clone().finalize().into()))
-            .filter(|got| *got != self.info.compressed_sha256)
+        } else if let Some(mismatch) = (compressed.remaining == 0)
+            .then(|| {
+                let hasher = compressed.hasher.clone();
+                check_sum(self.info, "compressed", self.info.compressed_sha256, hasher).err()
+            })
+            .flatten()
         {
             // A frame checksum that fails at the very end: the stream is not the signed one,
             // which says more (damaged in transit) than the decoder's complaint.
-            Error::PayloadHashMismatch {
-                name,
-                which: "compressed",
-                expected: self.info.compressed_sha256,
-                got,
-            }
+            mismatch
         } else {
             Error::PayloadCorrupt {
                 name,
@@ -416,15 +414,12 @@ impl<R: Read> PayloadReader<'_, R> {
         if compressed.remaining > 0 {
             return Err(self.truncated());
         }
-        let got = Sha256Sum(std::mem::take(&mut compressed.hasher).finalize().into());
-        if got != info.compressed_sha256 {
-            return Err(Error::PayloadHashMismatch {
-                name: info.name.clone(),
-                which: "compressed",
-                expected: info.compressed_sha256,
-                got,
-            });
-        }
+        check_sum(
+            info,
+            "compressed",
+            info.compressed_sha256,
+            std::mem::take(&mut compressed.hasher),
+        )?;
         if self.produced != info.size {
             return Err(Error::PayloadSizeMismatch {
                 name: info.name.clone(),
@@ -434,15 +429,7 @@ impl<R: Read> PayloadReader<'_, R> {
             });
         }
         if let Some(hasher) = self.hasher.take() {
-            let got = Sha256Sum(hasher.finalize().into());
-            if got != info.sha256 {
-                return Err(Error::PayloadHashMismatch {
-                    name: info.name.clone(),
-                    which: "uncompressed",
-                    expected: info.sha256,
-                    got,
-                });
-            }
+            check_sum(info, "uncompressed", info.sha256, hasher)?;
         }
         if self.last {
             let reader = &mut self.decoder.get_mut().get_mut().reader;
@@ -575,6 +562,26 @@ impl<R: Read> Read for Compressed<'_, R> {
         self.remaining -= n as u64;
         Ok(n)
     }
+}
+
+/// `Err(PayloadHashMismatch)` naming `which` sum of `info`'s payload unless `hasher` ends on
+/// `expected`.
+fn check_sum(
+    info: &PayloadInfo,
+    which: &'static str,
+    expected: Sha256Sum,
+    hasher: sha2::Sha256,
+) -> Result<(), Error> {
+    let got = Sha256Sum(hasher.finalize().into());
+    if got == expected {
+        return Ok(());
+    }
+    Err(Error::PayloadHashMismatch {
+        name: info.name.clone(),
+        which,
+        expected,
+        got,
+    })
 }
 
 /// Fills `buf` as far as the data goes; returns how many bytes were read.

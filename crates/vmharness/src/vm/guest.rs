@@ -23,8 +23,8 @@ fn banner_seen(port: u16) -> bool {
 
 /// How often [`Vm::wait_until`] evaluates its condition on the guest.
 const POLL_EVERY: Duration = Duration::from_secs(2);
-/// The most polls in one SSH session of [`Vm::wait_until`].
-const POLL_SESSION: Duration = Duration::from_secs(30);
+/// The most evaluations in one SSH session of [`Vm::wait_until`] (a minute of polling).
+const POLLS_PER_SESSION: u64 = 30;
 
 /// A guest shell loop: exit 0 as soon as `check` holds, 3 after `polls` failed evaluations.
 /// Pure.
@@ -82,8 +82,8 @@ impl Vm {
     /// Waits until the shell condition `check` holds on the guest (exit status 0; its output is
     /// discarded); returns how long that took.
     ///
-    /// The guest evaluates `check` every [`POLL_EVERY`] in one SSH session of up to
-    /// [`POLL_SESSION`], rather than one login per poll: under emulation a login costs the
+    /// The guest evaluates `check` every [`POLL_EVERY`], up to [`POLLS_PER_SESSION`] times in
+    /// one SSH session, rather than one login per poll: under emulation a login costs the
     /// guest seconds of CPU, taken from the very work being waited for. A session that ends
     /// early (the guest rebooted, SSH is not up yet) is retried until `timeout` (scaled).
     pub fn wait_until(&self, check: &str, timeout: Duration) -> Result<Duration> {
@@ -92,7 +92,7 @@ impl Vm {
         let deadline = started + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let polls = (left.as_secs() / POLL_EVERY.as_secs()).clamp(1, POLL_SESSION.as_secs());
+            let polls = (left.as_secs() / POLL_EVERY.as_secs()).clamp(1, POLLS_PER_SESSION);
             let script = poll_script(check, polls);
             let limit = POLL_EVERY * polls as u32 + Duration::from_secs(60);
             if self.ssh.run(&script, limit).is_ok_and(|o| o.success()) {
