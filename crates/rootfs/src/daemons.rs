@@ -40,11 +40,45 @@ pub const TMPFILES: &str = "\
 d /run/baleen/chrony 0755 root root -
 ";
 
+/// Names the device resolves without any DNS server: Debian's installer
+/// writes this file, mmdebstrap does not. Without it `localhost` went to
+/// dnsmasq and, on a LAN without DNS, hung for a minute.
+pub const HOSTS: &str = "\
+127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+";
+
+/// The name service switch: Debian's, with the hosts line of an image that
+/// has avahi. `myhostname` (libnss-myhostname) answers the device's own
+/// hostname, which `/etc/hosts` on the read-only root cannot name;
+/// `mdns4_minimal` (libnss-mdns) answers `*.local` by mDNS and keeps those
+/// names from unicast DNS. balenaOS has `files myhostname dns mdns4 mdns`.
+pub const NSSWITCH: &str = "\
+passwd:         files
+group:          files
+shadow:         files
+gshadow:        files
+
+hosts:          files myhostname mdns4_minimal [NOTFOUND=return] dns
+networks:       files
+
+protocols:      db files
+services:       db files
+ethers:         db files
+rpc:            db files
+
+netgroup:       nis
+";
+
 /// (path relative to the root, content) of every file this module ships.
 pub fn files() -> Vec<(&'static str, String)> {
     vec![
         (render::CHRONY_CONF, render::chrony_conf()),
         (render::RESOLV_CONF, render::resolv_conf()),
+        ("etc/hosts", HOSTS.to_string()),
+        ("etc/nsswitch.conf", NSSWITCH.to_string()),
         (render::NM_CONF, render::networkmanager_conf()),
         ("etc/systemd/system/dnsmasq.service", dnsmasq_service()),
         ("usr/lib/tmpfiles.d/baleen.conf", TMPFILES.to_string()),
@@ -80,5 +114,33 @@ mod tests {
         let files = files();
         let resolv = files.iter().find(|(p, _)| *p == "etc/resolv.conf").unwrap();
         assert!(resolv.1.contains("nameserver 127.0.0.2\n"));
+    }
+
+    #[test]
+    fn localhost_and_the_own_hostname_resolve_without_dns() {
+        let files = files();
+        let file = |name: &str| &files.iter().find(|(p, _)| *p == name).unwrap().1;
+        assert!(
+            file("etc/hosts")
+                .lines()
+                .any(|l| l == "127.0.0.1\tlocalhost")
+        );
+        let hosts = file("etc/nsswitch.conf")
+            .lines()
+            .find_map(|l| l.strip_prefix("hosts:"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        // Local answers (files, own hostname, mDNS) before any DNS server is asked.
+        assert_eq!(
+            hosts,
+            [
+                "files",
+                "myhostname",
+                "mdns4_minimal",
+                "[NOTFOUND=return]",
+                "dns"
+            ]
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Packages every image has, whatever the device type.
-pub const BASE_PACKAGES: [&str; 22] = [
+pub const BASE_PACKAGES: [&str; 24] = [
     "systemd",
     "systemd-sysv",
     "udev",
@@ -30,6 +30,8 @@ pub const BASE_PACKAGES: [&str; 22] = [
     "mount",
     "zstd",
     "avahi-daemon",
+    "libnss-mdns",
+    "libnss-myhostname",
     "jq",
     "chrony",
     "dnsmasq-base",
