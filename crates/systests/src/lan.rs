@@ -2,8 +2,11 @@
 //!
 //! [`Lan::new`] creates a [`NetNs`] (bridge `br0` at `10.0.2.2/24`) and runs dnsmasq on `br0` as
 //! its DHCP server, handing out exactly one address, the [`DEFAULT_GUEST_ADDR`] `10.0.2.15`
-//! (lease 1h, router and NTP server (option 42) `10.0.2.2`, no DNS: `--port=0`). A VM joins with
-//! `Vm::builder(..).netns(Some(lan.ns()))`. [`Lan::avahi`] starts an mDNS browser in the same
+//! (lease 1h, router, DNS server and NTP server (option 42) `10.0.2.2`). Its DNS has no upstream
+//! and answers every name NXDOMAIN at once, as a LAN's router does for names that do not exist:
+//! without it the guest would wait on its default `dnsServers` (8.8.8.8, unreachable here) for
+//! a minute per name, and chronyd's stop at every shutdown would wait on its pool names.
+//! A VM joins with `Vm::builder(..).netns(Some(lan.ns()))`. [`Lan::avahi`] starts an mDNS browser in the same
 //! namespace, so a test can resolve `<host>.local` and browse `_ssh._tcp` the way a laptop on
 //! the device's LAN would. [`Lan::add_host`] adds another machine (its own namespace, joined to
 //! `br0` through a veth pair), e.g. to publish a name the guest should see.
@@ -288,7 +291,10 @@ fn dnsmasq_argv(dir: &Path, router: &str) -> Vec<String> {
         "dnsmasq".into(),
         "--keep-in-foreground".into(),
         "--conf-file=/dev/null".into(),
-        "--port=0".into(),
+        // DNS for the guest (option 6 by default): no upstream, every name NXDOMAIN.
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--address=/#/".into(),
         format!("--interface={BRIDGE}"),
         "--bind-interfaces".into(),
         format!(
@@ -825,11 +831,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dnsmasq_serves_one_address_and_no_dns() {
+    fn dnsmasq_serves_one_address_and_answers_every_name_nxdomain() {
         let argv = dnsmasq_argv(Path::new("/tmp/lan"), "10.0.2.2");
         assert_eq!(
             argv.join(" "),
-            "dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=br0 \
+            "dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+             --address=/#/ --interface=br0 \
              --bind-interfaces --dhcp-range=10.0.2.15,10.0.2.15,255.255.255.0,1h \
              --dhcp-option=option:router,10.0.2.2 --dhcp-option=option:ntp-server,10.0.2.2 \
              --dhcp-authoritative --dhcp-ignore-clid \
@@ -1097,7 +1104,7 @@ mod tests {
             "{client_view}"
         );
         assert!(
-            !client_view.contains("domain-name-servers"),
+            client_view.contains("option domain-name-servers 10.0.2.2;"),
             "{client_view}"
         );
         dhclient.kill().unwrap();

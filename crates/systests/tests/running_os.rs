@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use systests::Scratch;
+use systests::lan::{Avahi, AvahiConfig};
 use vmharness::Vm;
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
@@ -525,6 +526,21 @@ fn mdns_publishes_the_hostname_and_ssh_on_the_lan() {
     vm.wait_for_ssh(SSH_WAIT).unwrap();
     assert_eq!(out(&vm, "hostname"), "baleen-mdns");
 
+    // The device resolves its own names without asking a DNS server:
+    // /etc/hosts, myhostname, and mDNS for *.local.
+    let first_address = |name: &str| {
+        out(&vm, &format!("getent ahostsv4 {name} | head -n1"))
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(first_address("localhost"), "127.0.0.1");
+    assert_eq!(first_address("baleen-mdns"), lan.guest_addr());
+    // A name nobody knows: the LAN's DNS says NXDOMAIN (getent: "not found").
+    let unknown = vm.run("getent hosts no-such-host.example").unwrap();
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+
     // A second host on the LAN asks by mDNS.
     let avahi = lan.avahi().unwrap();
     let wait = Duration::from_secs(120);
@@ -545,5 +561,14 @@ fn mdns_publishes_the_hostname_and_ssh_on_the_lan() {
         })
         .unwrap();
     assert!(sub.is_some(), "the _resin-device subtype is published");
+
+    // And the device resolves another LAN host's .local name by mDNS.
+    let laptop = lan.add_host("mdns-laptop", "10.0.2.9/24").unwrap();
+    let _publisher = Avahi::start(laptop.ns(), &AvahiConfig::publisher("laptop")).unwrap();
+    let resolved = vm
+        .wait_until("getent ahostsv4 laptop.local | grep -q '^10.0.2.9 '", wait)
+        .map(|_| ())
+        .map_err(|e| format!("{e}: {}", out(&vm, "getent ahostsv4 laptop.local; true")));
+    assert_eq!(resolved, Ok(()), "laptop.local from the device");
     vm.mark_passed();
 }
