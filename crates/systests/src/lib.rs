@@ -251,27 +251,6 @@ pub fn require_root(needs: &str) {
     assert!(is_root(), "the system suite runs as root ({needs})");
 }
 
-/// Waits until the guest answers SSH from a boot other than `before` (a boot id).
-pub fn wait_for_new_boot(vm: &vmharness::Vm, before: &str, timeout: std::time::Duration) {
-    use std::time::{Duration, Instant};
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(id) = vm.ssh().run_ok(
-            "cat /proc/sys/kernel/random/boot_id",
-            Duration::from_secs(30),
-        ) {
-            if id.trim() != before {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not come back from a reboot"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
 impl Drop for Scratch {
     fn drop(&mut self) {
         if !std::thread::panicking() {

@@ -294,7 +294,7 @@ fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
         "{waiting}"
     );
     let _ = vm.run("systemctl stop test-app-lock");
-    systests::wait_for_new_boot(&vm, &before, SSH_WAIT);
+    vm.wait_for_new_boot(&before, SSH_WAIT).unwrap();
 
     // After the reboot.
     assert_eq!(out(&vm, "cat /root/.ssh/marker"), "kept");

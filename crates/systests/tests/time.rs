@@ -66,10 +66,10 @@ fn wait_until(vm: &Vm, check: &str, timeout: Duration) {
     }
 }
 
-fn reboot(vm: &Vm) {
+fn reboot(vm: &mut Vm) {
     let before = vm.boot_id().unwrap();
     let _ = vm.run("systemctl reboot");
-    systests::wait_for_new_boot(vm, &before, SSH_WAIT);
+    vm.wait_for_new_boot(&before, SSH_WAIT).unwrap();
 }
 
 fn time_status(vm: &Vm) -> serde_json::Value {
@@ -134,7 +134,7 @@ fn build_time_floor_saved_clock_and_rtc() {
         .parse()
         .unwrap();
     assert!(saved_epoch.abs_diff(ahead) < 60, "saved {saved}");
-    reboot(&vm);
+    reboot(&mut vm);
     let now = guest_now(&vm);
     assert!(
         now >= ahead as f64,
@@ -148,7 +148,7 @@ fn build_time_floor_saved_clock_and_rtc() {
         "hwclock --noadjfile --utc --set --date \"$(date -u -d @{rtc} '+%Y-%m-%d %H:%M:%S')\""
     ))
     .unwrap();
-    reboot(&vm);
+    reboot(&mut vm);
     let now = guest_now(&vm);
     assert!(now >= rtc as f64, "RTC not used: {now} < {rtc}");
     // The kernel itself sets the clock from the RTC at boot (rtc_cmos, hctosys), so the

@@ -152,6 +152,17 @@ impl Vm {
         let t0 = Instant::now();
         // The connection may drop before `reboot` returns; its outcome says nothing.
         let _ = self.ssh.run("reboot", Duration::from_secs(60));
+        self.wait_for_new_boot(&before, timeout)?;
+        let took = t0.elapsed();
+        tracing::info!(vm = %self.config.name, ?took, "rebooted");
+        Ok(took)
+    }
+
+    /// Waits until SSH answers from a boot other than `before` (a [`Vm::boot_id`]), for a
+    /// reboot the guest was asked for some other way than [`Vm::reboot_wait`]. Returns how long
+    /// it waited.
+    pub fn wait_for_new_boot(&mut self, before: &str, timeout: Duration) -> Result<Duration> {
+        let t0 = Instant::now();
         let timeout = scaled(timeout);
         let deadline = t0 + timeout;
         loop {
@@ -168,11 +179,7 @@ impl Vm {
                 Duration::from_secs(60),
             ) {
                 Ok(o) if !o.success() => format!("`cat boot_id` failed: {}", o.stderr.trim()),
-                Ok(o) if o.stdout.trim() != before => {
-                    let took = t0.elapsed();
-                    tracing::info!(vm = %self.config.name, ?took, "rebooted");
-                    return Ok(took);
-                }
+                Ok(o) if o.stdout.trim() != before => return Ok(t0.elapsed()),
                 Ok(_) => "SSH still answers from the old boot".to_owned(),
                 Err(e) => e.to_string(),
             };
