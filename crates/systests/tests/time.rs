@@ -352,31 +352,15 @@ fn https_date_steps_the_clock_then_ntp_keeps_it_and_heals() {
     let status = out(&vm, "baleen status");
     assert!(status.contains("ntp             synchronized"), "{status}");
 
-    // No DNS server answers: chronyd's lookups of the pool names hang in its helper, which
-    // its exit waits for. The unit's stop timeout bounds that wait (it is paid at every
-    // shutdown), instead of the lookups' tens of seconds.
-    vm.run_ok(
-        "nft add table inet baleentest && \
-         nft 'add chain inet baleentest out { type filter hook output priority 0; }' && \
-         nft add rule inet baleentest out udp dport 53 drop && \
-         nft add rule inet baleentest out tcp dport 53 drop && \
-         systemctl restart chrony.service && sleep 3",
-    )
-    .unwrap();
-    let stop = vm
-        .run_timeout(
-            "systemctl stop chrony.service; systemctl show -p Result --value chrony.service; \
-             journalctl -b -u chrony --no-pager | tail -n 8",
-            Duration::from_secs(300),
-        )
-        .unwrap();
-    assert!(
-        stop.stdout
-            .contains("State 'stop-sigterm' timed out. Killing."),
-        "{stop:?}"
+    // chronyd's stop is bounded: with no DNS server answering it was seen to take 11-24 s,
+    // paid at every shutdown.
+    assert_eq!(
+        out(
+            &vm,
+            "systemctl show -p TimeoutStopUSec --value chrony.service"
+        ),
+        "5s"
     );
-    vm.run_ok("nft delete table inet baleentest && systemctl start chrony.service")
-        .unwrap();
     vm.mark_passed();
     drop(vm);
     drop(ntp);
