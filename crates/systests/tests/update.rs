@@ -108,6 +108,11 @@ impl Rig {
     /// Serves the next bundle and the `bad` bundles made from it, boots the dev image and
     /// waits for SSH.
     fn start(name: &str, faults: Faults, bad: &[Defect]) -> Rig {
+        Rig::start_with_cpus(name, faults, bad, 2)
+    }
+
+    /// [`Rig::start`] with `cpus` virtual CPUs.
+    fn start_with_cpus(name: &str, faults: Faults, bad: &[Defect], cpus: u32) -> Rig {
         systests::require_root("network namespaces, the build's signing key");
         let scratch = Scratch::new(name);
         let www = serve_dir(scratch.path(), bad);
@@ -116,6 +121,7 @@ impl Rig {
         let mut vm = Vm::builder(name)
             .base_image(systests::test_image("dev"))
             .overlay_size(8 << 30)
+            .cpus(cpus)
             .netns(Some(lan.ns()))
             .start()
             .unwrap();
@@ -741,6 +747,10 @@ impl Drop for StopOnPanic<'_> {
     }
 }
 
+/// Virtual CPUs of each power-cut VM. Two lanes of two-vCPU TCG guests on a two-core host
+/// run four vCPU threads on two cores.
+const CUT_LANE_CPUS: u32 = 1;
+
 #[test]
 fn power_cut_at_every_step() {
     // Two VMs, each on its own LAN, take every other point; then each updates for real.
@@ -752,7 +762,12 @@ fn power_cut_at_every_step() {
                 let _guard = StopOnPanic(stop);
                 let points: Vec<&str> =
                     PAUSE_POINTS.iter().copied().skip(lane).step_by(2).collect();
-                let mut rig = Rig::start(&format!("update-cut{lane}"), Faults::default(), &[]);
+                let mut rig = Rig::start_with_cpus(
+                    &format!("update-cut{lane}"),
+                    Faults::default(),
+                    &[],
+                    CUT_LANE_CPUS,
+                );
                 for point in points {
                     if stop.load(Ordering::Relaxed) {
                         panic!("stopped before {point}: the other VM failed");
