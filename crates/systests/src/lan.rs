@@ -6,10 +6,10 @@
 //! and answers every name NXDOMAIN at once, as a LAN's router does for names that do not exist:
 //! without it the guest would wait on its default `dnsServers` (8.8.8.8, unreachable here) for
 //! a minute per name, and chronyd's stop at every shutdown would wait on its pool names.
-//! A VM joins with `Vm::builder(..).netns(Some(lan.ns()))`. [`Lan::avahi`] starts an mDNS browser in the same
-//! namespace, so a test can resolve `<host>.local` and browse `_ssh._tcp` the way a laptop on
-//! the device's LAN would. [`Lan::add_host`] adds another machine (its own namespace, joined to
-//! `br0` through a veth pair), e.g. to publish a name the guest should see.
+//! A VM joins with `Vm::builder(..).netns(Some(lan.ns()))`. [`Lan::avahi`] starts an mDNS
+//! browser in the same namespace, so a test can resolve `<host>.local` and browse `_ssh._tcp`
+//! the way a laptop on the device's LAN would. [`Lan::add_host`] adds another machine (its own
+//! namespace, joined to `br0` through a veth pair), e.g. to publish a name the guest should see.
 //!
 //! ```no_run
 //! use std::time::Duration;
