@@ -68,6 +68,26 @@ pub const ROOT_INITRD: &str = "boot/baleen-initrd.img";
 /// Debian's initrd, used when a root has no baleen initrd.
 pub const ROOT_DEBIAN_INITRD: &str = "boot/initrd.img";
 
+/// Modules the root's initramfs loads besides the device type's boot modules: it mounts
+/// `resin-boot` (FAT; codepage 437, Debian's default character set `ascii`) before the root's
+/// init starts, so that nothing waits for udev to find the boot partition. The boot stage
+/// itself reads FAT in userspace and does not need them.
+pub const ROOT_EXTRA_MODULES: [&str; 3] = ["vfat", "nls_cp437", "nls_ascii"];
+
+/// The boot stage's and the root's initramfs module lists: the device type's boot modules,
+/// and for [`Role::Root`] also [`ROOT_EXTRA_MODULES`] (each name once, in order).
+pub fn role_modules(role: Role, boot_modules: &[String]) -> Vec<String> {
+    let mut names = boot_modules.to_vec();
+    if role == Role::Root {
+        for extra in ROOT_EXTRA_MODULES {
+            if !names.iter().any(|n| n == extra) {
+                names.push(extra.to_string());
+            }
+        }
+    }
+    names
+}
+
 /// Why a path inside a root could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -119,6 +139,16 @@ pub fn resolve_in_root(root: &Path, rel: &str) -> Result<PathBuf, ResolveError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_root_role_adds_the_boot_partition_s_modules() {
+        let boot = vec!["virtio_blk".to_string(), "nls_ascii".to_string()];
+        assert_eq!(role_modules(Role::Stage, &boot), boot);
+        assert_eq!(
+            role_modules(Role::Root, &boot),
+            ["virtio_blk", "nls_ascii", "vfat", "nls_cp437"]
+        );
+    }
 
     #[test]
     fn stage_cmdline_is_quiet() {

@@ -15,13 +15,23 @@ use std::time::{Duration, Instant};
 
 const SYSROOT: &str = "/sysroot";
 
-/// The partition carrying the ext4 filesystem `uuid`, and its disk's state
-/// partition (never one on another disk).
-fn find_partition(uuid: &str) -> Option<(PathBuf, Option<PathBuf>)> {
+/// The partition carrying the ext4 filesystem `uuid`, and its disk's other partitions the
+/// root's initramfs mounts (never ones on another disk).
+struct Found {
+    root: PathBuf,
+    state: Option<PathBuf>,
+    boot: Option<PathBuf>,
+}
+
+fn find_partition(uuid: &str) -> Option<Found> {
     let found = disks::gather(Path::new("/sys/class/block"), Path::new("/dev"));
     disks::holding_ext4_uuid(&found, uuid).map(|(disk, part)| {
-        let state = disk.partition(layout::label::STATE).map(|p| p.dev.clone());
-        (part.dev.clone(), state)
+        let dev = |label| disk.partition(label).map(|p| p.dev.clone());
+        Found {
+            root: part.dev.clone(),
+            state: dev(layout::label::STATE),
+            boot: dev(layout::label::BOOT),
+        }
     })
 }
 
@@ -32,7 +42,11 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     stage::load_modules(log, &config.module_waves);
     let timeout = Duration::from_secs(bootstage::cmdline::parse(&cmdline).root_timeout_secs);
     let deadline = Instant::now() + timeout;
-    let (dev, state) = loop {
+    let Found {
+        root: dev,
+        state,
+        boot,
+    } = loop {
         if let Some(found) = find_partition(&uuid) {
             break found;
         }
@@ -73,6 +87,31 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
             layout::label::STATE
         )),
     }
+    // Mounted here rather than by systemd: `/mnt/boot` holds config.json, which SSH access,
+    // the hostname and the network all wait for, and systemd would mount it only once udev
+    // has found the partition, seconds later. Without it the root's fstab entry still
+    // mounts it then.
+    match boot {
+        Some(boot) => {
+            if let Err(e) = mount_boot(&boot) {
+                log.info(format!(
+                    "{} ({}): {e:#}; systemd mounts it later",
+                    layout::BOOT_MOUNT,
+                    boot.display()
+                ));
+            } else {
+                log.info(format!(
+                    "{} mounted at {}",
+                    boot.display(),
+                    layout::BOOT_MOUNT
+                ));
+            }
+        }
+        None => log.info(format!(
+            "the root's disk has no {} partition",
+            layout::label::BOOT
+        )),
+    }
     log.info("starting the root's init");
     Err(switch_root(Path::new(SYSROOT)))
 }
@@ -104,6 +143,20 @@ fn switch_root(new_root: &Path) -> anyhow::Error {
     let err =
         std::os::unix::process::CommandExt::exec(&mut std::process::Command::new("/sbin/init"));
     anyhow::Error::new(err).context("executing /sbin/init of the root")
+}
+
+/// Mounts `resin-boot` at `/mnt/boot` of the root, with the options `/etc/fstab` names.
+fn mount_boot(dev: &Path) -> Result<()> {
+    let target = Path::new(SYSROOT).join(layout::BOOT_MOUNT.trim_start_matches('/'));
+    sys::mount(
+        &dev.to_string_lossy(),
+        &target,
+        "vfat",
+        libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        layout::BOOT_FAT_OPTIONS,
+    )
+    .context("mounting it")?;
+    Ok(())
 }
 
 /// Mounts the state partition at `/mnt/state` of the root, resets it when its

@@ -36,6 +36,10 @@ pub const MOUNT_POINTS: [&str; 5] = [
 ];
 
 pub const BOOT_MOUNT: &str = "/mnt/boot";
+/// The FAT options of the `/mnt/boot` mount, besides `noatime,nosuid,nodev,noexec`: only
+/// root reads config.json (it holds keys). The root's initramfs mounts it with them, and
+/// `/etc/fstab` names the same.
+pub const BOOT_FAT_OPTIONS: &str = "fmask=0077,dmask=0077";
 pub const STATE_MOUNT: &str = "/mnt/state";
 pub const DATA_MOUNT: &str = "/mnt/data";
 

@@ -245,6 +245,22 @@ mod tests {
     }
 
     #[test]
+    fn fstab_mounts_the_boot_partition_as_the_root_s_initramfs_does() {
+        let line = units::FSTAB
+            .lines()
+            .find(|l| l.contains(&format!(" {} vfat ", layout::BOOT_MOUNT)))
+            .unwrap();
+        let options = line.split_whitespace().nth(3).unwrap();
+        assert!(
+            options.starts_with(&format!(
+                "rw,noatime,nosuid,nodev,noexec,{},",
+                layout::BOOT_FAT_OPTIONS
+            )),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn root_password_is_replaced_and_other_lines_kept() {
         let shadow = "root:*:20781:0:99999:7:::\ndaemon:*:20781:0:99999:7:::\n";
         assert_eq!(

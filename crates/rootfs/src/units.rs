@@ -337,9 +337,11 @@ ForwardToSyslog=no
 ";
 
 /// Modules loaded by `systemd-modules-load` at the start of sysinit. The boot partition's FAT
-/// driver is on the path to SSH (`/mnt/boot` → identity → network): loaded here, before udev's
-/// coldplug queues dozens of driver loads, the mount does not wait behind them (6 s under
-/// emulation). FAT mounts use code page 437 and, by the Debian kernel's default, `ascii`.
+/// driver is on the path to SSH (`/mnt/boot` → identity → network). baleen's root initramfs
+/// loads it and mounts `/mnt/boot` before init starts; this covers a root booted with
+/// Debian's initrd, where loading it before udev's coldplug queues dozens of driver loads
+/// keeps the mount from waiting behind them (6 s under emulation). FAT mounts use code page
+/// 437 and, by the Debian kernel's default, `ascii`.
 pub const MODULES: &str = "\
 vfat
 nls_cp437

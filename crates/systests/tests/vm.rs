@@ -275,6 +275,26 @@ fn second_disk_with_the_same_labels_is_ignored() {
         vm.run_ok("findmnt -n -o SOURCE /mnt/boot").unwrap().trim(),
         "/dev/vda1"
     );
+    // Mounted by the root's initramfs (from the root's disk), with the options of /etc/fstab.
+    assert!(
+        vm.serial_contains("/dev/vda1 mounted at /mnt/boot"),
+        "the root's initramfs did not mount /mnt/boot"
+    );
+    let boot_opts = vm.run_ok("findmnt -n -o OPTIONS /mnt/boot").unwrap();
+    for opt in [
+        "rw",
+        "nosuid",
+        "nodev",
+        "noexec",
+        "noatime",
+        "fmask=0077",
+        "dmask=0077",
+    ] {
+        assert!(
+            boot_opts.trim().split(',').any(|o| o == opt),
+            "/mnt/boot lacks {opt}: {boot_opts}"
+        );
+    }
     assert!(
         vm.serial_contains("boot disk /dev/vda"),
         "boot stage chose another disk"

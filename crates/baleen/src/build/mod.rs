@@ -273,6 +273,8 @@ fn build_in(
         .iter()
         .map(|m| m.as_str().to_string())
         .collect();
+    let stage_modules = bootstage::role_modules(bootstage::Role::Stage, &modules);
+    let root_modules = bootstage::role_modules(bootstage::Role::Root, &modules);
     let spec = |role| bootimage::archive::Spec {
         role,
         root: &staging,
@@ -280,7 +282,10 @@ fn build_in(
         os_version: version.clone(),
         device: config.device.slug.clone(),
         development: config.development,
-        modules: &modules,
+        modules: match role {
+            bootstage::Role::Stage => &stage_modules,
+            bootstage::Role::Root => &root_modules,
+        },
         root_cmdline: config.kernel_cmdline(),
     };
     // The root's own initrd first: it lives in the root filesystem, next to
