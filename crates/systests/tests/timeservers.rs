@@ -28,6 +28,8 @@ fn ntp_server_serves_the_host_clock_and_never_moves_it() {
     let ((ntp, query), drift) = realtime_drift(|| {
         let ntp = NtpServer::start(&ns, dir.path()).unwrap();
         // A one-shot client in the namespace: -Q measures the offset and never sets the clock.
+        // `-u root`, as the server: the chrony package is unpacked, not installed, so its
+        // `_chrony` user need not exist on the host.
         let conf = dir.path().join("client.conf");
         fs::write(
             &conf,
@@ -44,6 +46,8 @@ fn ntp_server_serves_the_host_clock_and_never_moves_it() {
                     .display()
                     .to_string(),
                 "-Q",
+                "-u",
+                "root",
                 "-t",
                 "15",
                 "-f",
