@@ -92,21 +92,18 @@ pub fn boot(log: &Log, config: &StageConfig) -> Result<Infallible> {
     // has found the partition, seconds later. Without it the root's fstab entry still
     // mounts it then.
     match boot {
-        Some(boot) => {
-            if let Err(e) = mount_boot(&boot) {
-                log.info(format!(
-                    "{} ({}): {e:#}; systemd mounts it later",
-                    layout::BOOT_MOUNT,
-                    boot.display()
-                ));
-            } else {
-                log.info(format!(
-                    "{} mounted at {}",
-                    boot.display(),
-                    layout::BOOT_MOUNT
-                ));
-            }
-        }
+        Some(boot) => match mount_boot(&boot) {
+            Ok(()) => log.info(format!(
+                "{} mounted at {}",
+                boot.display(),
+                layout::BOOT_MOUNT
+            )),
+            Err(e) => log.info(format!(
+                "{} ({}): {e:#}; systemd mounts it later",
+                layout::BOOT_MOUNT,
+                boot.display()
+            )),
+        },
         None => log.info(format!(
             "the root's disk has no {} partition",
             layout::label::BOOT
@@ -155,8 +152,7 @@ fn mount_boot(dev: &Path) -> Result<()> {
         libc::MS_NOATIME | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         layout::BOOT_FAT_OPTIONS,
     )
-    .context("mounting it")?;
-    Ok(())
+    .context("mounting it")
 }
 
 /// Mounts the state partition at `/mnt/state` of the root, resets it when its
