@@ -28,8 +28,6 @@ fn ntp_server_serves_the_host_clock_and_never_moves_it() {
     let ((ntp, query), drift) = realtime_drift(|| {
         let ntp = NtpServer::start(&ns, dir.path()).unwrap();
         // A one-shot client in the namespace: -Q measures the offset and never sets the clock.
-        // `-u root`, as the server: the chrony package is unpacked, not installed, so its
-        // `_chrony` user need not exist on the host.
         let conf = dir.path().join("client.conf");
         fs::write(
             &conf,
@@ -46,6 +44,8 @@ fn ntp_server_serves_the_host_clock_and_never_moves_it() {
                     .display()
                     .to_string(),
                 "-Q",
+                // As the server: the chrony package is unpacked, not installed, so its
+                // `_chrony` user need not exist on the host.
                 "-u",
                 "root",
                 "-t",
