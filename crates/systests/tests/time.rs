@@ -52,17 +52,21 @@ fn build_time(vm: &Vm) -> u64 {
     .unwrap()
 }
 
+/// What the guest's time chain did: its journal and `/run/baleen/time.json`, for failure
+/// messages.
+fn time_story(vm: &Vm) -> String {
+    vm.run(
+        "journalctl -b --no-pager -o short-monotonic -u 'baleen-time*' -u chrony -u 'baleen-ntp*' \
+         | tail -60; cat /run/baleen/time.json; date -u +%FT%T.%NZ",
+    )
+    .map(|o| o.stdout)
+    .unwrap_or_default()
+}
+
 /// Polls `check` (a shell condition on the guest) until it holds.
 fn wait_until(vm: &Vm, check: &str, timeout: Duration) {
     if let Err(e) = vm.wait_until(check, timeout) {
-        panic!(
-            "{e}\n{}",
-            vm.run(
-                "journalctl -b --no-pager -u 'baleen-time*' -u chrony -u 'baleen-ntp*' | tail -40"
-            )
-            .map(|o| o.stdout)
-            .unwrap_or_default()
-        );
+        panic!("{e}\n{}", time_story(vm));
     }
 }
 
@@ -215,8 +219,16 @@ fn https_date_steps_the_clock_then_ntp_keeps_it_and_heals() {
     let offset = guest_offset(&vm);
     assert!(
         offset.abs() <= 2.0,
-        "clock off by {offset} s after the HTTPS step"
+        "clock off by {offset} s after the HTTPS step; host clock {:.3}; the test server \
+         answered {} requests\n{}",
+        host_now(),
+        https.requests().len(),
+        time_story(&vm)
     );
+    // The record names the two agreeing answers' dates and the clock before the step.
+    let step = &time_status(&vm)["steps"]["https"];
+    assert_eq!(step["dates"].as_array().map(Vec::len), Some(2), "{step}");
+    assert!(step["clockBefore"].is_string(), "{step}");
     // The RTC (started in 2020) was written too.
     let rtc: f64 = out(&vm, "cat /sys/class/rtc/rtc0/since_epoch")
         .parse()
@@ -293,7 +305,12 @@ fn https_date_steps_the_clock_then_ntp_keeps_it_and_heals() {
         "baleen status --json | jq -e '.time.steps.https.result == \"stepped\"'",
         Duration::from_secs(180),
     );
-    assert!(guest_offset(&vm).abs() <= 2.0);
+    let offset = guest_offset(&vm);
+    assert!(
+        offset.abs() <= 2.0,
+        "clock off by {offset} s after the trusted answer\n{}",
+        time_story(&vm)
+    );
     eprintln!(
         "time: a trusted answer after untrusted ones stepped the clock {:.1} s after it was served",
         started.elapsed().as_secs_f64()

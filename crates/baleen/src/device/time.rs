@@ -261,7 +261,14 @@ pub fn https(root: &Path) -> Result<()> {
         let mut problem = None;
         for _ in 0..2 {
             match timekeeping::https::probe(&uri, &bundle, Duration::from_secs(10)) {
-                Ok(answer) => answers.push(answer),
+                Ok(answer) => {
+                    tracing::info!(
+                        "{uri}: answered {} with Date {}",
+                        answer.status,
+                        answer.date.map_or_else(|| "(none)".to_owned(), rfc3339)
+                    );
+                    answers.push(answer);
+                }
                 Err(e) => {
                     problem = Some(e.to_string());
                     break;
@@ -292,7 +299,15 @@ pub fn https(root: &Path) -> Result<()> {
                 record(
                     root,
                     "https",
-                    json!({"result": "stepped", "uri": uri, "offsetSeconds": offset_secs, "clock": rfc3339(to), "attempts": attempt + 1}),
+                    json!({
+                        "result": "stepped",
+                        "uri": uri,
+                        "offsetSeconds": offset_secs,
+                        "clock": rfc3339(to),
+                        "clockBefore": rfc3339(now),
+                        "dates": answers.iter().filter_map(|a| a.date).map(rfc3339).collect::<Vec<_>>(),
+                        "attempts": attempt + 1
+                    }),
                 );
                 notify_ready(&mut ready, "clock set from HTTPS");
                 return Ok(());
