@@ -55,13 +55,31 @@ next_job() {
     ) 9>"$out/queue.lock"
 }
 
+# Copies cargo test's output, appending to each `test NAME ... ok` line the seconds since the
+# previous one (tests run one at a time, so that is the test's duration).
+time_tests() {
+    local line now last
+    printf -v last '%(%s)T' -1
+    while IFS= read -r line; do
+        printf -v now '%(%s)T' -1
+        case $line in
+        "running "*" test"*) last=$now ;;
+        "test "*" ... "*)
+            line="$line ($((now - last)) s)"
+            last=$now
+            ;;
+        esac
+        printf '%s\n' "$line"
+    done
+}
+
 run_job() {
     local name=$1 start rc=0
     shift
     start=$(date +%s)
     echo "--- $name: started"
-    RUST_TEST_THREADS=1 cargo test --locked --no-fail-fast -p systests "$@" \
-        >"$out/$name.log" 2>&1 || rc=$?
+    RUST_TEST_THREADS=1 cargo test --locked --no-fail-fast -p systests "$@" 2>&1 |
+        time_tests >"$out/$name.log" || rc=$?
     (
         flock 9
         echo "--- $name: $([ "$rc" = 0 ] && echo ok || echo FAILED) after $(($(date +%s) - start)) s" \
@@ -84,6 +102,10 @@ for _ in $(seq "${BALEEN_TEST_WORKERS:-1}"); do
     worker &
 done
 wait
+
+echo "slowest tests:"
+cat "$out"/*.log | sed -n 's/^test \(.*\) \.\.\. \(.*\) (\([0-9]*\) s)$/\3 s  \1 (\2)/p' |
+    sort -rn | head -n 15
 
 ended=$(cat "$out/ended" 2>/dev/null | wc -l)
 if [ "$ended" != "${#jobs[@]}" ]; then
