@@ -78,7 +78,12 @@ run_job() {
     shift
     start=$(date +%s)
     echo "--- $name: started"
-    RUST_TEST_THREADS=1 cargo test --locked --no-fail-fast -p systests "$@" 2>&1 |
+    # Passed tests' output too: the figures the tests print (throughput, downtime, latencies).
+    local show=(-- --show-output)
+    for arg in "$@"; do
+        [ "$arg" != -- ] || show=(--show-output)
+    done
+    RUST_TEST_THREADS=1 cargo test --locked --no-fail-fast -p systests "$@" "${show[@]}" 2>&1 |
         time_tests >"$out/$name.log" || rc=$?
     (
         flock 9
