@@ -59,6 +59,9 @@ pub struct DeviceType {
     /// Kernel modules the boot stage loads, in this order (their dependencies are resolved at
     /// build time from `modules.dep`).
     pub boot_modules: Vec<ModuleName>,
+    /// Module trees of the kernel package the device cannot use (hardware a QEMU machine never
+    /// has), removed from the root filesystem, e.g. `kernel/drivers/gpu`.
+    pub omit_modules: Vec<ModuleTree>,
     /// Device-specific Debian packages added to the root filesystem.
     pub packages: Vec<PackageName>,
     /// Partition sizes.
@@ -137,6 +140,41 @@ impl fmt::Display for ModuleName {
     }
 }
 
+/// A tree of kernel modules, relative to `/usr/lib/modules/<version>/`: `kernel/` followed by
+/// plain path components, e.g. `kernel/drivers/gpu` or `kernel/sound`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleTree(String);
+
+impl ModuleTree {
+    /// Returns the path if it is `kernel/` followed by at least one plain component
+    /// (`[A-Za-z0-9._-]+`, not `.` or `..`).
+    pub fn parse(path: &str) -> Option<ModuleTree> {
+        let rest = path.strip_prefix("kernel/")?;
+        let plain = |part: &str| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        rest.split('/')
+            .all(plain)
+            .then(|| ModuleTree(path.to_owned()))
+    }
+
+    /// The path, relative to the kernel's modules directory.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModuleTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The serde mirror of a device-type file; [`validate`](RawDeviceType::validate) turns it into a
 /// [`DeviceType`].
 #[derive(Debug, Deserialize)]
@@ -159,6 +197,8 @@ struct RawDeviceType {
     development_cmdline_extra: String,
     boot_modules: Vec<String>,
     #[serde(default)]
+    omit_modules: Vec<String>,
+    #[serde(default)]
     packages: Vec<String>,
     boot_size_mib: i64,
     root_size_mib: i64,
@@ -178,6 +218,9 @@ const CMDLINE: &str =
     "kernel parameters in printable ASCII, without root= (the boot stage adds root=UUID=...)";
 const MODULE: &str = "a kernel module name ([a-z0-9_-]+)";
 const MODULES: &str = "an array of kernel module names";
+const MODULE_TREE: &str =
+    "a path of the kernel's modules directory starting with kernel/, e.g. \"kernel/drivers/gpu\"";
+const MODULE_TREES: &str = "an array of paths such as \"kernel/drivers/gpu\"";
 const SIZE: &str = "a size in MiB, a positive multiple of 4";
 
 /// The keys of a device-type file, in the order the error messages list them.
@@ -195,6 +238,7 @@ const KEYS: &[Key] = &[
     key("production_cmdline_extra", Kind::String, false, CMDLINE),
     key("development_cmdline_extra", Kind::String, false, CMDLINE),
     key("boot_modules", Kind::StringArray, true, MODULES),
+    key("omit_modules", Kind::StringArray, false, MODULE_TREES),
     key("packages", Kind::StringArray, false, PACKAGES),
     key("boot_size_mib", Kind::Integer, true, SIZE),
     key("root_size_mib", Kind::Integer, true, SIZE),
@@ -248,6 +292,13 @@ impl RawDeviceType {
             MODULE,
             ModuleName::parse,
         )?;
+        let omit_modules = names(
+            origin,
+            "omit_modules",
+            &self.omit_modules,
+            MODULE_TREE,
+            ModuleTree::parse,
+        )?;
         let packages = names(
             origin,
             "packages",
@@ -287,6 +338,7 @@ impl RawDeviceType {
             efi_boot_file: self.efi_boot_file,
             kernel_package,
             boot_modules,
+            omit_modules,
             packages,
         })
     }

@@ -23,7 +23,9 @@ pub use buildfile::{
     DEFAULT_NETWORK_MANAGER_PACKAGES, RawBuildConfig, StorageDriver,
 };
 pub use debian::{Arch, DebianRelease, HttpUrl, PackageName};
-pub use device::{DeviceState, DeviceType, ModuleName, PARTITION_ALIGNMENT_MIB, PartitionSizes};
+pub use device::{
+    DeviceState, DeviceType, ModuleName, ModuleTree, PARTITION_ALIGNMENT_MIB, PartitionSizes,
+};
 pub use error::Error;
 /// The meta-balena version type of [`BuildConfig::meta_version`], from the `osversion` crate.
 pub use osversion::{HostOsVersion, MetaVersion};

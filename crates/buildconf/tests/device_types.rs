@@ -110,6 +110,23 @@ fn qemux86_64() {
         }
     );
     assert!(qemu.packages.is_empty());
+    // A virtual machine has no GPU, sound card, Wi-Fi card, camera or InfiniBand adapter.
+    let omitted: Vec<&str> = qemu.omit_modules.iter().map(|m| m.as_str()).collect();
+    for tree in [
+        "kernel/drivers/gpu",
+        "kernel/drivers/media",
+        "kernel/sound",
+        "kernel/drivers/net/wireless/intel",
+        "kernel/drivers/infiniband",
+    ] {
+        assert!(omitted.contains(&tree), "{tree} missing from {omitted:?}");
+    }
+    // The Wi-Fi stack and the simulated radio the `country` test uses stay.
+    assert!(
+        !omitted.iter().any(|t| *t == "kernel/drivers/net/wireless"
+            || t.starts_with("kernel/net/") && t.contains("80211")),
+        "{omitted:?}"
+    );
 }
 
 #[test]
@@ -138,6 +155,8 @@ fn genericx86_64_ext_boots_real_hardware_without_qemu_drivers() {
         !modules.iter().any(|m| m.starts_with("virtio")),
         "{modules:?}"
     );
+    // Real hardware may have any of them: the whole kernel package ships.
+    assert!(generic.omit_modules.is_empty());
 }
 
 #[test]
@@ -168,7 +187,7 @@ fn unknown_and_missing_keys() {
         "unknown key \"kernel_version\" in devices/testboard.toml: allowed keys are slug, name, \
          arch, machine, state, instructions, getting_started_link, efi_boot_file, \
          kernel_package, kernel_cmdline, production_cmdline_extra, development_cmdline_extra, \
-         boot_modules, packages, boot_size_mib, root_size_mib, state_size_mib, data_size_mib"
+         boot_modules, omit_modules, packages, boot_size_mib, root_size_mib, state_size_mib, data_size_mib"
     );
     assert_eq!(
         error(&with("arch", "")),
@@ -230,6 +249,24 @@ fn bad_names() {
             "boot_modules",
             "boot_modules = [\"virtio_blk\", \"virtio.ko\"]",
             "boot_modules[1] = \"virtio.ko\": expected a kernel module name ([a-z0-9_-]+)",
+        ),
+        (
+            "omit_modules",
+            "omit_modules = [\"kernel/sound\", \"drivers/gpu\"]",
+            "omit_modules[1] = \"drivers/gpu\": expected a path of the kernel's modules directory \
+             starting with kernel/, e.g. \"kernel/drivers/gpu\"",
+        ),
+        (
+            "omit_modules",
+            "omit_modules = [\"kernel/../modules.dep\"]",
+            "omit_modules[0] = \"kernel/../modules.dep\": expected a path of the kernel's modules \
+             directory starting with kernel/, e.g. \"kernel/drivers/gpu\"",
+        ),
+        (
+            "omit_modules",
+            "omit_modules = [\"kernel/\"]",
+            "omit_modules[0] = \"kernel/\": expected a path of the kernel's modules directory \
+             starting with kernel/, e.g. \"kernel/drivers/gpu\"",
         ),
         (
             "kernel_package",

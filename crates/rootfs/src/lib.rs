@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod customize;
 pub mod daemons;
 pub mod fingerprint;
+pub mod modules;
 pub mod osrelease;
 pub mod timeunits;
 pub mod units;
@@ -31,6 +32,16 @@ pub enum Error {
         release: String,
         log: PathBuf,
         source: subprocess::Error,
+    },
+    #[error(
+        "omit_modules: {tree} is not in the modules of kernel {kernel} ({}): fix the path in the \
+         device type or remove it from the list",
+        dir.display()
+    )]
+    MissingModuleTree {
+        tree: String,
+        kernel: String,
+        dir: PathBuf,
     },
     #[error(transparent)]
     Tool(#[from] subprocess::Error),

@@ -142,6 +142,33 @@ fn default_image_boots_to_ssh_from_root_a() {
         "resin-data filesystem ({fs_bytes}) should fill its partition ({data_bytes})"
     );
 
+    // Kernel modules: zstd-compressed, loaded from the root by udev (virtio_net is not in
+    // the initramfs) and by modprobe; the device type's omitted trees are gone from the disk
+    // and from the index.
+    assert_eq!(
+        vm.run_ok("modinfo -n virtio_net").unwrap().trim(),
+        format!(
+            "/lib/modules/{}/kernel/drivers/net/virtio_net.ko.zst",
+            vm.run_ok("uname -r").unwrap().trim()
+        )
+    );
+    vm.run_ok(
+        "grep -qw ^virtio_net /proc/modules && modprobe -q dummy && grep -qw ^dummy /proc/modules",
+    )
+    .unwrap();
+    assert_eq!(
+        vm.run_ok(
+            "cd /lib/modules/$(uname -r); find kernel -name '*.ko' | wc -l; \
+             ls -d kernel/drivers/gpu kernel/sound 2>/dev/null | wc -l; \
+             grep -c -e kernel/drivers/gpu/ -e kernel/sound/ modules.dep || true"
+        )
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["0", "0", "0"],
+        "plain modules, omitted trees, index entries of omitted trees"
+    );
+
     assert!(
         vm.serial_contains("baleen-boot:"),
         "boot stage logged nothing on the console"

@@ -246,6 +246,26 @@ fn build_in(
     let (tarball, cache) = rootfs::bootstrap::tarball(&recipe, &args.cache_dir)?;
     let staging = work.join("rootfs");
     rootfs::bootstrap::unpack(&tarball, &staging)?;
+    step(started, "root filesystem: kernel modules");
+    let trees: Vec<&str> = config
+        .device
+        .omit_modules
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    let omitted = rootfs::modules::omit(&staging, &trees)?;
+    let (plain, packed) = rootfs::modules::compress(&staging)?;
+    rootfs::modules::reindex(&staging)?;
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    tracing::info!(
+        "kernel modules: {} trees the {} device type cannot use omitted ({:.1} MiB); {:.1} MiB \
+         of plain modules stored zstd-compressed in {:.1} MiB",
+        trees.len(),
+        config.device.slug,
+        mib(omitted),
+        mib(plain),
+        mib(packed)
+    );
 
     step(started, "root filesystem: baleen files");
     let os_release = rootfs::osrelease::OsRelease {

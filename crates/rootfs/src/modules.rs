@@ -1,0 +1,253 @@
+//! The kernel modules of the staging root: the trees a device type does not ship
+//! (`omit_modules` in its file) are removed, plain `.ko` files are stored zstd-compressed (as
+//! Debian trixie's kernel ships them xz-compressed; kmod decompresses them when loading), and
+//! the module index is rebuilt by the root's own `depmod`, so that `modprobe` and the boot
+//! stage's build-time resolution see what is there.
+
+use std::path::{Path, PathBuf};
+
+use subprocess::Cmd;
+
+use crate::{Error, Result};
+
+/// The kernel versions installed in `root`: the directories of `usr/lib/modules` that hold a
+/// `modules.dep`, sorted.
+pub fn kernel_versions(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("usr/lib/modules");
+    let read_error = |source| Error::Read {
+        path: dir.clone(),
+        source,
+    };
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        if entry.path().join("modules.dep").is_file() {
+            versions.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    versions.sort();
+    Ok(versions)
+}
+
+/// Removes every tree of `trees` (paths such as `kernel/drivers/gpu`, relative to
+/// `usr/lib/modules/<version>/`) from each installed kernel, then runs `depmod` in the root
+/// for each. A tree that a kernel does not have is an error naming it: a typo or a changed
+/// kernel package, either way the device type's list needs a look. Returns the bytes removed.
+pub fn omit(root: &Path, trees: &[&str]) -> Result<u64> {
+    if trees.is_empty() {
+        return Ok(0);
+    }
+    let versions = kernel_versions(root)?;
+    // Every tree must exist before any is removed.
+    for version in &versions {
+        let base = root.join("usr/lib/modules").join(version);
+        for tree in trees {
+            if base.join(tree).symlink_metadata().is_err() {
+                return Err(Error::MissingModuleTree {
+                    tree: (*tree).to_owned(),
+                    kernel: version.clone(),
+                    dir: base,
+                });
+            }
+        }
+    }
+    let mut removed = 0;
+    for version in &versions {
+        let base = root.join("usr/lib/modules").join(version);
+        for tree in trees {
+            let path = base.join(tree);
+            removed += if path.is_dir() {
+                let bytes = tree_bytes(&path)?;
+                std::fs::remove_dir_all(&path).map_err(|source| Error::Write { path, source })?;
+                bytes
+            } else {
+                let bytes = path.symlink_metadata().map_or(0, |m| m.len());
+                std::fs::remove_file(&path).map_err(|source| Error::Write { path, source })?;
+                bytes
+            };
+        }
+    }
+    Ok(removed)
+}
+
+/// The zstd level of compressed modules: close to the best ratio, still fast to build.
+const ZSTD_LEVEL: i32 = 12;
+
+/// Compresses every plain `*.ko` file under `usr/lib/modules` to `*.ko.zst` (same mode), then
+/// removes the plain file. Returns the bytes before and after.
+pub fn compress(root: &Path) -> Result<(u64, u64)> {
+    let (mut before, mut after) = (0, 0);
+    for version in kernel_versions(root)? {
+        let base = root.join("usr/lib/modules").join(version).join("kernel");
+        for path in files_under(&base)? {
+            if path.extension().is_none_or(|ext| ext != "ko") {
+                continue;
+            }
+            let data = std::fs::read(&path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let packed =
+                zstd::bulk::compress(&data, ZSTD_LEVEL).map_err(|source| Error::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            let mut name = path.clone().into_os_string();
+            name.push(".zst");
+            let target = PathBuf::from(name);
+            crate::write(&target, &packed)?;
+            let mode = std::fs::metadata(&path)
+                .map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .permissions();
+            std::fs::set_permissions(&target, mode).map_err(|source| Error::Write {
+                path: target.clone(),
+                source,
+            })?;
+            std::fs::remove_file(&path).map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
+            before += data.len() as u64;
+            after += packed.len() as u64;
+        }
+    }
+    Ok((before, after))
+}
+
+/// Rebuilds the module index of every installed kernel with the root's own `depmod` (run in a
+/// chroot, so the index matches the root's kmod).
+pub fn reindex(root: &Path) -> Result<()> {
+    for version in kernel_versions(root)? {
+        Cmd::new("chroot")
+            .package("coreutils")
+            .arg(root)
+            .args(["/usr/sbin/depmod", "-a", version.as_str()])
+            .run()?;
+    }
+    Ok(())
+}
+
+/// The regular files under `dir` (not following symbolic links), sorted.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let read_error = |path: PathBuf| move |source| Error::Read { path, source };
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(read_error(dir.clone()))? {
+            let path = entry.map_err(read_error(dir.clone()))?.path();
+            let meta = path.symlink_metadata().map_err(read_error(path.clone()))?;
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The bytes of the regular files under `dir`.
+fn tree_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for path in files_under(dir)? {
+        total += path
+            .symlink_metadata()
+            .map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_kernel(root: &Path, version: &str) -> PathBuf {
+        let base = root.join("usr/lib/modules").join(version);
+        std::fs::create_dir_all(base.join("kernel/drivers/gpu/drm")).unwrap();
+        std::fs::write(base.join("kernel/drivers/gpu/drm/drm.ko"), [0u8; 100]).unwrap();
+        std::fs::write(base.join("kernel/drivers/gpu/vga.ko"), [0u8; 20]).unwrap();
+        std::fs::create_dir_all(base.join("kernel/fs/ext4")).unwrap();
+        std::fs::write(base.join("kernel/fs/ext4/ext4.ko"), [0u8; 7]).unwrap();
+        std::fs::write(base.join("modules.dep"), "").unwrap();
+        base
+    }
+
+    #[test]
+    fn kernel_versions_are_the_directories_with_a_module_index() {
+        let root = tempfile::tempdir().unwrap();
+        fake_kernel(root.path(), "6.1.0-2-amd64");
+        fake_kernel(root.path(), "6.1.0-1-amd64");
+        std::fs::create_dir_all(root.path().join("usr/lib/modules/leftover")).unwrap();
+        assert_eq!(
+            kernel_versions(root.path()).unwrap(),
+            ["6.1.0-1-amd64", "6.1.0-2-amd64"]
+        );
+    }
+
+    #[test]
+    fn nothing_to_omit_touches_nothing() {
+        // No usr/lib/modules at all: with an empty list, not even read.
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(omit(root.path(), &[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_missing_tree_is_named_and_nothing_is_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let base = fake_kernel(root.path(), "6.1.0-1-amd64");
+        let err = omit(root.path(), &["kernel/drivers/gpux", "kernel/drivers/gpu"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "omit_modules: kernel/drivers/gpux is not in the modules of kernel 6.1.0-1-amd64 \
+                 ({}): fix the path in the device type or remove it from the list",
+                base.display()
+            )
+        );
+        assert!(base.join("kernel/drivers/gpu/drm/drm.ko").exists());
+    }
+
+    #[test]
+    fn compress_replaces_plain_modules_with_zstd_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let base = fake_kernel(root.path(), "6.1.0-1-amd64");
+        let ext4 = base.join("kernel/fs/ext4/ext4.ko");
+        std::fs::set_permissions(&ext4, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(base.join("kernel/fs/ext4/already.ko.xz"), b"xz").unwrap();
+        let (before, after) = compress(root.path()).unwrap();
+        assert_eq!(before, 127);
+        assert!(after > 0 && after < before, "{after}");
+        assert!(!ext4.exists());
+        let packed = base.join("kernel/fs/ext4/ext4.ko.zst");
+        assert_eq!(
+            zstd::decode_all(std::fs::File::open(&packed).unwrap()).unwrap(),
+            [0u8; 7]
+        );
+        let mode = std::fs::metadata(&packed).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Compressed ones and files outside kernel/ are left alone.
+        assert_eq!(
+            std::fs::read(base.join("kernel/fs/ext4/already.ko.xz")).unwrap(),
+            b"xz"
+        );
+        assert!(base.join("modules.dep").exists());
+        // A second pass finds nothing left to do.
+        assert_eq!(compress(root.path()).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn tree_bytes_counts_regular_files_below() {
+        let root = tempfile::tempdir().unwrap();
+        let base = fake_kernel(root.path(), "6.1.0-1-amd64");
+        assert_eq!(tree_bytes(&base.join("kernel/drivers/gpu")).unwrap(), 120);
+    }
+}
