@@ -104,7 +104,7 @@ fn qemux86_64() {
         qemu.sizes,
         PartitionSizes {
             boot_mib: 100,
-            root_mib: 1024,
+            root_mib: 640,
             state_mib: 80,
             data_mib: 192
         }

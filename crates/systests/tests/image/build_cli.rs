@@ -215,10 +215,10 @@ fn build_refuses_a_root_partition_too_small_for_the_root_filesystem() {
     let original =
         std::fs::read_to_string(workspace_root().join("devices/qemux86-64.toml")).unwrap();
     assert!(
-        original.contains("root_size_mib = 1024"),
+        original.contains("root_size_mib = 640"),
         "devices/qemux86-64.toml changed its root size"
     );
-    let small = original.replace("root_size_mib = 1024", "root_size_mib = 100");
+    let small = original.replace("root_size_mib = 640", "root_size_mib = 100");
     std::fs::write(devices.join("qemux86-64.toml"), small).unwrap();
     let out = dir.path().join("out");
     let attempt = build_with_shared_cache(&out, &["--devices-dir", &devices.to_string_lossy()]);
