@@ -293,7 +293,8 @@ fn bench_boot(image: &Path, grub: bool, json: bool) -> Result<()> {
 
 pub mod grub {
     //! The comparison image: the same disk, with GRUB on the ESP booting the
-    //! root's kernel and initrd directly (Debian's usual chain).
+    //! root's kernel and baleen's root initrd directly (OVMF → GRUB → kernel, Debian's usual
+    //! chain, without the boot stage and its kexec).
 
     use anyhow::{Context, Result};
     use std::path::Path;
@@ -321,7 +322,10 @@ pub mod grub {
             .stdout;
         let kernel = work.join("vmlinuz");
         let initrd = work.join("initrd.img");
-        for (prefix, dst) in [("vmlinuz-", &kernel), ("initrd.img-", &initrd)] {
+        // baleen's own root initrd, as the boot stage's kexec passes it: the root relies on its
+        // work (the `/run` handover, `/mnt/boot`), and under Debian's initrd the identity unit
+        // and logind fail and logins wait for logind, which timed the failure, not the chain.
+        for (prefix, dst) in [("vmlinuz-", &kernel), ("baleen-initrd.img", &initrd)] {
             let name = regular_file_named(&listing, prefix)
                 .with_context(|| format!("no /boot/{prefix}* in resin-rootA"))?;
             Cmd::new("debugfs")
