@@ -150,16 +150,8 @@ impl ModuleTree {
     /// (`[A-Za-z0-9._-]+`, not `.` or `..`).
     pub fn parse(path: &str) -> Option<ModuleTree> {
         let rest = path.strip_prefix("kernel/")?;
-        let plain = |part: &str| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        };
         rest.split('/')
-            .all(plain)
+            .all(is_plain_component)
             .then(|| ModuleTree(path.to_owned()))
     }
 
@@ -355,17 +347,19 @@ fn is_slug(s: &str, underscore: bool) -> bool {
         })
 }
 
+/// A path component of `[A-Za-z0-9._-]+` that is not `.` or `..`.
+fn is_plain_component(part: &str) -> bool {
+    !part.is_empty()
+        && part != "."
+        && part != ".."
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// A relative `/`-separated path of plain components, the last one ending in `.efi` (any case).
 fn is_efi_path(path: &str) -> bool {
-    let plain = |part: &str| {
-        !part.is_empty()
-            && part != "."
-            && part != ".."
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    };
-    path.split('/').all(plain) && path.to_ascii_lowercase().ends_with(".efi")
+    path.split('/').all(is_plain_component) && path.to_ascii_lowercase().ends_with(".efi")
 }
 
 /// Printable ASCII only, and no `root=` parameter.
