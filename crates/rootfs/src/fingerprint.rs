@@ -18,8 +18,15 @@ pub const ROOT_EXCLUDES: [&str; 4] = [
 /// `prefix` + relative path (`/` for a root, `` for the boot partition),
 /// leaving out the relative paths in `exclude`.
 pub fn manifest(dir: &Path, prefix: &str, exclude: &[&str]) -> Result<String> {
-    let mut files = Vec::new();
-    collect(dir, dir, &mut files)?;
+    let mut files: Vec<String> = crate::regular_files(dir)?
+        .iter()
+        .map(|path| {
+            path.strip_prefix(dir)
+                .expect("walk stays under dir")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
     files.retain(|rel| !is_excluded(rel, exclude));
     files.sort();
     let mut out = String::new();
@@ -28,35 +35,6 @@ pub fn manifest(dir: &Path, prefix: &str, exclude: &[&str]) -> Result<String> {
         out.push_str(&format!("{}  {prefix}{rel}\n", md5_file(&path)?));
     }
     Ok(out)
-}
-
-fn collect(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let kind = entry.file_type().map_err(|source| Error::Read {
-            path: entry.path(),
-            source,
-        })?;
-        if kind.is_dir() {
-            collect(base, &entry.path(), out)?;
-        } else if kind.is_file() {
-            let rel = entry
-                .path()
-                .strip_prefix(base)
-                .expect("walk stays under base")
-                .to_string_lossy()
-                .into_owned();
-            out.push(rel);
-        }
-    }
-    Ok(())
 }
 
 fn md5_file(path: &Path) -> Result<String> {

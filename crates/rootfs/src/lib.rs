@@ -61,3 +61,23 @@ pub(crate) fn write(path: &std::path::Path, data: impl AsRef<[u8]>) -> Result<()
         source,
     })
 }
+
+/// The regular files under `dir` (not following symbolic links), sorted.
+pub(crate) fn regular_files(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let read_error = |path: PathBuf| move |source| Error::Read { path, source };
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(read_error(dir.clone()))? {
+            let entry = entry.map_err(read_error(dir.clone()))?;
+            let kind = entry.file_type().map_err(read_error(entry.path()))?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

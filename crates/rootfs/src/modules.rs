@@ -30,8 +30,8 @@ pub fn kernel_versions(root: &Path) -> Result<Vec<String>> {
 }
 
 /// Removes every tree of `trees` (paths such as `kernel/drivers/gpu`, relative to
-/// `usr/lib/modules/<version>/`) from each installed kernel, then runs `depmod` in the root
-/// for each. A tree that a kernel does not have is an error naming it: a typo or a changed
+/// `usr/lib/modules/<version>/`) from each installed kernel ([`reindex`] rebuilds the index
+/// afterwards). A tree that a kernel does not have is an error naming it: a typo or a changed
 /// kernel package, either way the device type's list needs a look. Returns the bytes removed.
 pub fn omit(root: &Path, trees: &[&str]) -> Result<u64> {
     if trees.is_empty() {
@@ -79,7 +79,7 @@ pub fn compress(root: &Path) -> Result<(u64, u64)> {
     let (mut before, mut after) = (0, 0);
     for version in kernel_versions(root)? {
         let base = root.join("usr/lib/modules").join(version).join("kernel");
-        for path in files_under(&base)? {
+        for path in crate::regular_files(&base)? {
             if path.extension().is_none_or(|ext| ext != "ko") {
                 continue;
             }
@@ -130,30 +130,10 @@ pub fn reindex(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The regular files under `dir` (not following symbolic links), sorted.
-fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let read_error = |path: PathBuf| move |source| Error::Read { path, source };
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(read_error(dir.clone()))? {
-            let path = entry.map_err(read_error(dir.clone()))?.path();
-            let meta = path.symlink_metadata().map_err(read_error(path.clone()))?;
-            if meta.is_dir() {
-                pending.push(path);
-            } else if meta.is_file() {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// The bytes of the regular files under `dir`.
 fn tree_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
-    for path in files_under(dir)? {
+    for path in crate::regular_files(dir)? {
         total += path
             .symlink_metadata()
             .map_err(|source| Error::Read {
