@@ -7,6 +7,8 @@ use std::time::Duration;
 use vmharness::Vm;
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
+/// How long a boot-time unit gets to finish after SSH answers.
+const UNIT_WAIT: Duration = Duration::from_secs(300);
 
 use systests::Scratch;
 
@@ -249,8 +251,29 @@ fn empty_slot_b_with_update_pending_falls_back_to_a() {
 
     // The attempts were used up and persisted (B, 1, MAX_ATTEMPTS + 1); the running OS
     // (A) then repairs the bootenv after the fallback (baleen-update-boot.service, altboot).
-    vm.run_ok("systemctl is-active -q baleen-update-boot.service || sleep 20")
+    // The unit is not ordered before sshd: wait until it has run (two VMs share the cores).
+    let unit = "baleen-update-boot.service";
+    let journal = |vm: &Vm| {
+        vm.run(&format!(
+            "systemctl status --no-pager {unit}; journalctl -b --no-pager -u {unit}"
+        ))
+        .map(|out| out.stdout)
+        .unwrap_or_default()
+    };
+    match vm.wait_until(
+        &format!("systemctl show -p ActiveState --value {unit} | grep -qx -e active -e failed"),
+        UNIT_WAIT,
+    ) {
+        Ok(waited) => println!(
+            "{unit} done {:.1} s after SSH answered",
+            waited.as_secs_f64()
+        ),
+        Err(e) => panic!("{e}\n{}", journal(&vm)),
+    }
+    let state = vm
+        .run_ok(&format!("systemctl show -p ActiveState --value {unit}"))
         .unwrap();
+    assert_eq!(state.trim(), "active", "{unit}: {}", journal(&vm));
     let env = vm.run_ok("cat /mnt/boot/bootenv").unwrap();
     let block = bootenv::EnvBlock::parse(env.as_bytes()).unwrap();
     let env = bootenv::BootEnv::from_block(&block).unwrap();
