@@ -65,9 +65,8 @@ const REFUSALS: [(Defect, &[&str]); 6] = [
 ];
 
 /// The install's pause points (`BALEEN_UPDATE_PAUSE_AT`), in the order it reaches them.
-const PAUSE_POINTS: [&str; 21] = [
+const PAUSE_POINTS: [&str; 20] = [
     "open",
-    "rootfs:1",
     "rootfs:10",
     "rootfs:30",
     "rootfs:50",
@@ -108,7 +107,7 @@ impl Rig {
     /// Serves the next bundle and the `bad` bundles made from it, boots the dev image and
     /// waits for SSH.
     fn start(name: &str, faults: Faults, bad: &[Defect]) -> Rig {
-        Rig::start_with_cpus(name, faults, bad, 2)
+        Rig::start_with_cpus(name, faults, bad, vmharness::default_cpus())
     }
 
     /// [`Rig::start`] with `cpus` virtual CPUs.

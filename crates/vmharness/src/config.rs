@@ -43,7 +43,8 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// A 1 GiB, 2-CPU VM named `name` (used for its log folder); a disk must still be given.
+    /// A 1 GiB VM named `name` (used for its log folder) with [`crate::default_cpus`] CPUs; a
+    /// disk must still be given.
     pub fn new(name: &str) -> Self {
         VmConfig {
             name: name.to_owned(),
@@ -51,7 +52,7 @@ impl VmConfig {
             overlay_size: None,
             extra_disks: Vec::new(),
             memory_mib: 1024,
-            cpus: 2,
+            cpus: crate::default_cpus(),
             ssh_port: None,
             ssh_key: None,
             persist: false,
@@ -366,7 +367,7 @@ mod tests {
 
     #[test]
     fn user_networking_is_restricted_and_forwarded_from_loopback() {
-        let cfg = VmConfig::new("boot").base_image("/img/base.img");
+        let cfg = VmConfig::new("boot").base_image("/img/base.img").cpus(2);
         let a = argv(&cfg, &layout(Net::User { ssh_port: 40123 }));
         assert_eq!(a[0], "qemu-system-x86_64");
         assert_eq!(

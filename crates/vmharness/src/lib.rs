@@ -56,6 +56,20 @@ pub use vm::{DEFAULT_COMMAND_TIMEOUT, Vm};
 /// Environment variable multiplying every harness wait, e.g. `3` on a slow CI runner.
 pub const TIMEOUT_SCALE_ENV: &str = "BALEEN_TIMEOUT_SCALE";
 
+/// Environment variable setting the virtual CPUs of a VM whose test does not choose them
+/// (default 2), e.g. `1` when several VMs share a two-core host: two-vCPU guests beside each
+/// other leave vCPU threads spinning on locks held by a descheduled sibling.
+pub const CPUS_ENV: &str = "BALEEN_VM_CPUS";
+
+/// `$BALEEN_VM_CPUS` when it is a positive whole number, else 2.
+pub fn default_cpus() -> u32 {
+    std::env::var(CPUS_ENV)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
+}
+
 /// `d` multiplied by `$BALEEN_TIMEOUT_SCALE` (ignored unless a positive number).
 pub fn scaled(d: Duration) -> Duration {
     std::env::var(TIMEOUT_SCALE_ENV)
