@@ -8,7 +8,10 @@
 pub const BOOT_SERVICE: &str = "\
 [Unit]
 Description=Update rollback after a failed boot, stale update breadcrumbs (baleen)
-After=local-fs.target systemd-udev-settle.service systemd-udev-trigger.service
+# It tells the slots apart by udev's by-state links, which come after the trigger.
+Wants=dev-disk-by\\x2dstate-resin\\x2drootA.device dev-disk-by\\x2dstate-resin\\x2drootB.device dev-disk-by\\x2dstate-active.device
+After=dev-disk-by\\x2dstate-resin\\x2drootA.device dev-disk-by\\x2dstate-resin\\x2drootB.device dev-disk-by\\x2dstate-active.device
+After=local-fs.target systemd-udev-trigger.service
 RequiresMountsFor=/mnt/boot /mnt/state
 Before=baleen-update-health.service
 
