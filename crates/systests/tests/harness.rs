@@ -291,6 +291,16 @@ fn namespace_lifecycle() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(theirs, inside.trim());
+    // The namespace is entered before `sh` runs: wait for its line before the kill.
+    let mut logged = String::new();
+    for _ in 0..1500 {
+        logged = fs::read_to_string(&log).unwrap_or_default();
+        if !logged.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(logged, "started\n");
     let pid = server.pid();
     server.kill().unwrap();
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
