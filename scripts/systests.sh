@@ -3,11 +3,13 @@
 # whole with its duration when it ends; the run fails when any job failed, after all of them ran.
 #
 # The jobs in `alone` run first, one at a time: the power-cut test boots two VMs of its own.
-# The others then run on BALEEN_TEST_WORKERS workers (default 2). Every VM has two vCPUs unless
-# its test or BALEEN_VM_CPUS says otherwise: a lone one-vCPU guest boots to SSH in 61 s instead
-# of 37 s (systemd starts units in parallel), so two two-vCPU guests side by side share the two
-# cores better than two one-vCPU guests whenever one of them waits. Three VMs at once made
+# The others then run on BALEEN_TEST_WORKERS workers (default 1). Two workers barely pay on two
+# cores: the guests are CPU-bound, so each job took about twice as long beside another
+# (running_os 1199 s instead of 611 s, vm 856 s instead of 410 s) and the whole run gained
+# 4.6 min of 68 (2026-11-25), while timing races in the tests surfaced. Three VMs at once made
 # every guest crawl (running_os: 1664 s instead of 505 s), hence the power-cut test alone.
+# Every VM has two vCPUs unless its test or BALEEN_VM_CPUS says otherwise: a lone one-vCPU
+# guest answers SSH after 61 s instead of 37 s.
 #
 # Needs what `cargo test -p systests` needs (root, QEMU, built images: see scripts/test.sh).
 set -euo pipefail
@@ -123,7 +125,7 @@ for line in "${jobs[@]}"; do
         printf '%s\n' "$line" >>"$out/queue"
     fi
 done
-workers=${BALEEN_TEST_WORKERS:-2}
+workers=${BALEEN_TEST_WORKERS:-1}
 echo "--- $workers worker(s) for the other jobs"
 for _ in $(seq "$workers"); do
     worker &
