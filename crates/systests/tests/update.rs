@@ -38,6 +38,8 @@ const NEW: &str = "0.2.0";
 const NEXT_BUNDLE: &str = "next.bundle";
 /// The health window and check interval of every install, in seconds.
 const WINDOW: u64 = 30;
+/// The health window of the install that is rebooted cleanly during it.
+const CLEAN_REBOOT_WINDOW: u64 = 90;
 const INTERVAL: u64 = 5;
 /// A shell condition: no rollback breadcrumb is left.
 const NO_BREADCRUMBS: &str = "! ls /mnt/state/rollback-*-breadcrumb >/dev/null 2>&1";
@@ -274,11 +276,16 @@ struct Installed {
 /// Installs the next bundle (from the `running` slot into the other one) and checks its JSON
 /// lines; prints the figures.
 fn install(rig: &Rig, running: Slot) -> Installed {
+    install_with_window(rig, running, WINDOW)
+}
+
+/// [`install`] with a health window of `window` seconds.
+fn install_with_window(rig: &Rig, running: Slot, window: u64) -> Installed {
     let started = Instant::now();
     let run = rig
         .vm
         .run_timeout(
-            &install_cmd(&rig.url(NEXT_BUNDLE), WINDOW, "--json"),
+            &install_cmd(&rig.url(NEXT_BUNDLE), window, "--json"),
             INSTALL_WAIT,
         )
         .unwrap();
@@ -608,8 +615,34 @@ fn a_to_b_then_b_to_b() {
         "`baleen update status --json` vs `baleen status --json`.update"
     );
 
-    // B → A: the same release again, into the other slot.
-    update_and_commit(&mut rig);
+    // B → A: the same release again, into the other slot. A clean reboot during its health
+    // window is not a failed boot: the count starts again, so the boot after it is attempt 1
+    // again, not 2 (the window is long enough for the reboot to fall inside it).
+    install_with_window(&rig, Slot::B, CLEAN_REBOOT_WINDOW);
+    check_staged(&rig.vm, Slot::B, NEW);
+    reboot_into_update(&mut rig.vm, Slot::A);
+    let on_trial = BootEnv {
+        resin_root_part: Slot::A,
+        upgrade_available: true,
+        bootcount: 1,
+    };
+    assert_eq!(
+        bootenv_of(&rig.vm),
+        on_trial,
+        "bootenv on the first trial boot"
+    );
+    let again = rig.vm.reboot_wait(SSH_WAIT).unwrap();
+    println!(
+        "update-ab: clean reboot during the health window: SSH again after {:.1} s",
+        again.as_secs_f64()
+    );
+    assert_eq!(running_slot(&rig.vm), Slot::A);
+    assert_eq!(
+        bootenv_of(&rig.vm),
+        on_trial,
+        "bootenv after a clean reboot during the health window"
+    );
+    wait_committed(&rig.vm, Slot::A, CLEAN_REBOOT_WINDOW);
     assert_eq!(running_slot(&rig.vm), Slot::A);
     assert_eq!(out(&rig.vm, CANARY_SUM), canary);
     rig.pass();
