@@ -111,20 +111,22 @@ worker() {
     done
 }
 
-# Phase 1: the jobs that must run alone.
-for line in "${jobs[@]}"; do
-    if printf '%s\n' "${alone[@]}" | grep -qx -- "${line%% *}"; then
-        printf '%s\n' "$line" >>"$out/queue"
-    fi
-done
-worker
+# Queues the jobs that must run alone (`queue_jobs alone`) or the others (`queue_jobs others`).
+queue_jobs() {
+    local line name kind
+    for line in "${jobs[@]}"; do
+        kind=others
+        for name in "${alone[@]}"; do
+            [ "$name" != "${line%% *}" ] || kind=alone
+        done
+        [ "$kind" != "$1" ] || printf '%s\n' "$line" >>"$out/queue"
+    done
+}
 
-# Phase 2: the others, on the workers.
-for line in "${jobs[@]}"; do
-    if ! printf '%s\n' "${alone[@]}" | grep -qx -- "${line%% *}"; then
-        printf '%s\n' "$line" >>"$out/queue"
-    fi
-done
+# Phase 1: the jobs that must run alone; phase 2: the others, on the workers.
+queue_jobs alone
+worker
+queue_jobs others
 workers=${BALEEN_TEST_WORKERS:-1}
 echo "--- $workers worker(s) for the other jobs"
 for _ in $(seq "$workers"); do

@@ -251,7 +251,7 @@ fn empty_slot_b_with_update_pending_falls_back_to_a() {
 
     // The attempts were used up and persisted (B, 1, MAX_ATTEMPTS + 1); the running OS
     // (A) then repairs the bootenv after the fallback (baleen-update-boot.service, altboot).
-    // The unit is not ordered before sshd: wait until it has run (two VMs share the cores).
+    // The unit is not ordered before sshd: wait until it has run, or failed (then say why).
     let unit = "baleen-update-boot.service";
     let journal = |vm: &Vm| {
         vm.run(&format!(
