@@ -26,9 +26,12 @@
 //!
 //! [`BundleServer::start`] runs this package's `bundle-http-server` in a LAN's namespace: plain
 //! HTTP with `Range` support serving one directory's files by name, optionally dropping the
-//! connection after some bytes to make the device resume.
+//! connection after some bytes to make the device resume. [`BundleServer::start_tls`] serves
+//! the same over TLS, with a certificate from the test CA
+//! ([`crate::timeservers::generate_certs`]).
 
 use crate::logwait::{Failed, log_tail};
+use crate::timeservers::TestCerts;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -409,9 +412,9 @@ pub struct BundleServer {
 }
 
 impl BundleServer {
-    /// Serves `dir`'s files on `addr:port` in `ns`; returns once the server listens. Its output
-    /// goes to `dir/../bundle-http-server.log`, its request log to
-    /// `dir/../bundle-requests.log`.
+    /// Serves `dir`'s files over plain HTTP on `addr:port` in `ns`; returns once the server
+    /// listens. Its output goes to `dir/../bundle-http-server.log`, its request log to
+    /// `dir/../bundle-http-requests.log`.
     pub fn start(
         ns: &NetNs,
         addr: &str,
@@ -419,11 +422,50 @@ impl BundleServer {
         dir: &Path,
         faults: Faults,
     ) -> Result<BundleServer> {
+        BundleServer::launch(ns, addr, port, dir, faults, None)
+    }
+
+    /// [`BundleServer::start`] over TLS with `certs`' server certificate (one for `addr`, see
+    /// [`crate::timeservers::generate_certs`]): `https://` URLs, logs named `bundle-https-*`,
+    /// the certificate and key written to `dir/../bundle-https-tls/`.
+    pub fn start_tls(
+        ns: &NetNs,
+        addr: &str,
+        port: u16,
+        dir: &Path,
+        faults: Faults,
+        certs: &TestCerts,
+    ) -> Result<BundleServer> {
+        BundleServer::launch(ns, addr, port, dir, faults, Some(certs))
+    }
+
+    fn launch(
+        ns: &NetNs,
+        addr: &str,
+        port: u16,
+        dir: &Path,
+        faults: Faults,
+        tls: Option<&TestCerts>,
+    ) -> Result<BundleServer> {
         let bin = server_binary()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let parent = dir.parent().unwrap_or(dir);
-        let log = parent.join("bundle-http-server.log");
-        let requests = parent.join("bundle-requests.log");
-        let argv = server_argv(&bin, &format!("{addr}:{port}"), dir, &requests, faults);
+        let log = parent.join(format!("bundle-{scheme}-server.log"));
+        let requests = parent.join(format!("bundle-{scheme}-requests.log"));
+        let mut argv = server_argv(&bin, &format!("{addr}:{port}"), dir, &requests, faults);
+        if let Some(certs) = tls {
+            let tls_dir = parent.join("bundle-https-tls");
+            fs::create_dir_all(&tls_dir)
+                .map_err(io_err(format!("creating {}", tls_dir.display())))?;
+            for (flag, name, pem) in [
+                ("--tls-cert", "server.pem", &certs.server_pem),
+                ("--tls-key", "server-key.pem", &certs.server_key_pem),
+            ] {
+                let path = tls_dir.join(name);
+                fs::write(&path, pem).map_err(io_err(format!("writing {}", path.display())))?;
+                argv.extend([flag.to_owned(), path.display().to_string()]);
+            }
+        }
         let mut process =
             ns.spawn_logged(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &log)?;
         // Only a line that starts with it: a bind error quotes "listening on" too.
@@ -440,16 +482,16 @@ impl BundleServer {
                 log_tail,
             },
         })?;
-        tracing::info!(netns = %ns.name(), %addr, port, "bundle server ready");
+        tracing::info!(netns = %ns.name(), %addr, port, scheme, "bundle server ready");
         Ok(BundleServer {
             process,
-            base_url: format!("http://{addr}:{port}"),
+            base_url: format!("{scheme}://{addr}:{port}"),
             log,
             requests,
         })
     }
 
-    /// `http://ADDR:PORT/<name>`.
+    /// `http://ADDR:PORT/<name>` (`https://` over TLS).
     pub fn url(&self, name: &str) -> String {
         format!("{}/{name}", self.base_url)
     }

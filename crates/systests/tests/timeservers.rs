@@ -1,7 +1,7 @@
-//! The time VM tests' servers, tested from the host side without a VM: each in a fresh network
-//! namespace, queried by a client in that namespace. They need root (network namespaces), chrony
-//! and curl (`scripts/install-deps.sh`), like the rest of the system suite, and take a few
-//! seconds.
+//! The VM tests' servers (time, connectivity check, bundles over TLS), tested from the host
+//! side without a VM: each in a fresh network namespace, queried by a client in that namespace.
+//! They need root (network namespaces), chrony and curl (`scripts/install-deps.sh`), like the
+//! rest of the system suite, and take a few seconds.
 
 use std::fs;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -288,4 +288,68 @@ fn https_time_answers_as_told_and_logs_every_request() {
     for name in ["ca.pem", "control.json", "requests.jsonl", "server.log"] {
         assert!(files.join(name).is_file(), "{name} kept");
     }
+}
+
+#[test]
+fn bundle_server_over_tls_serves_ranges_and_drops_on_request() {
+    use systests::bundles::{BundleServer, Faults};
+    systests::require_root("network namespaces");
+    let ns = NetNs::create("bundle-tls-selftest").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(www.join("b.bin"), &body).unwrap();
+    let certs = systests::timeservers::generate_certs(ns.host_addr().parse().unwrap()).unwrap();
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, &certs.ca_pem).unwrap();
+    let faults = Faults {
+        drop_after: Some(100_000),
+        drop_count: Some(1),
+    };
+    let server = BundleServer::start_tls(&ns, ns.host_addr(), 8443, &www, faults, &certs).unwrap();
+    let url = server.url("b.bin");
+    assert_eq!(url, format!("https://{}:8443/b.bin", ns.host_addr()));
+    let got = dir.path().join("got");
+    let curl = |trust: bool, extra: &[&str]| {
+        let mut cmd = ns.command("curl");
+        cmd.args(["-sS", "--noproxy", "*", "--max-time", "20", "-o"])
+            .arg(&got)
+            .args(extra);
+        if trust {
+            cmd.arg("--cacert").arg(&ca);
+        }
+        cmd.arg(&url).output().unwrap()
+    };
+
+    // A client that does not trust the test CA gets nothing.
+    let untrusted = curl(false, &[]);
+    assert!(!untrusted.status.success(), "{untrusted:?}");
+    let said = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
+    assert!(said.contains("certificate"), "{said}");
+
+    // The first answer with a body is cut after 100 000 bytes, without TLS's close_notify; a
+    // range request fetches the rest.
+    let cut = curl(true, &[]);
+    assert!(
+        !cut.status.success(),
+        "the cut answer looked whole: {cut:?}"
+    );
+    let head = fs::read(&got).unwrap();
+    assert_eq!(head, body[..head.len()], "the cut answer's bytes");
+    assert!(head.len() <= 100_000, "{} bytes before the cut", head.len());
+    let rest = curl(true, &["-r", &format!("{}-", head.len())]);
+    assert!(rest.status.success(), "{rest:?}");
+    let mut joined = head;
+    joined.extend(fs::read(&got).unwrap());
+    assert_eq!(joined, body, "the cut answer and the range make the file");
+
+    // The next whole answer is whole.
+    let whole = curl(true, &[]);
+    assert!(whole.status.success(), "{whole:?}");
+    assert_eq!(fs::read(&got).unwrap(), body);
+    let requests = fs::read_to_string(dir.path().join("bundle-https-requests.log")).unwrap();
+    assert!(requests.contains("TLS handshake failed"), "{requests}");
+    assert!(requests.contains("status=206"), "{requests}");
+    assert!(requests.contains("(dropped on purpose)"), "{requests}");
 }

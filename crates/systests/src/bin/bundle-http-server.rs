@@ -1,10 +1,11 @@
-//! The test LAN's bundle server: serves the files of one directory over plain HTTP/1.1, with
-//! byte ranges, so that VM tests can update a device from a URL, and can cut the first responses
-//! short to make the device's download resume.
+//! The test LAN's bundle server: serves the files of one directory over HTTP/1.1 (plain, or
+//! TLS with `--tls-cert` and `--tls-key`), with byte ranges, so that VM tests can update a device
+//! from a URL, and can cut the first responses short to make the device's download resume.
 //!
 //! ```text
 //! bundle-http-server --listen 10.0.2.2:8080 --dir /tmp/bundles \
-//!     [--drop-after BYTES --drop-count N] [--log requests.log]
+//!     [--drop-after BYTES --drop-count N] [--log requests.log] \
+//!     [--tls-cert server.pem --tls-key server-key.pem]
 //! ```
 //!
 //! `GET /name` and `HEAD /name` answer with `DIR/name` (a name holding `/` or `..` gets a 404):
@@ -28,13 +29,19 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use systests::timeservers::{head_end, parse_request_head};
 
 const USAGE: &str = "usage: bundle-http-server --listen ADDR:PORT --dir DIR \
-                     [--drop-after BYTES] [--drop-count N] [--log FILE]";
+                     [--drop-after BYTES] [--drop-count N] [--log FILE] \
+                     [--tls-cert PEM --tls-key PEM]";
 /// How long a client may take to send its request head, or to take a piece of the body.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_HEAD: usize = 16 * 1024;
+/// The note of an answer cut short on purpose (`--drop-after`).
+const DROPPED: &str = "dropped on purpose";
 
 struct Args {
     listen: SocketAddr,
@@ -42,11 +49,14 @@ struct Args {
     drop_after: u64,
     drop_count: u64,
     log: Option<PathBuf>,
+    /// The server's certificate chain and key: TLS instead of plain HTTP.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
     let (mut listen, mut dir, mut drop_after, mut drop_count, mut log) =
         (None, None, None, 0, None);
+    let (mut cert, mut key) = (None, None);
     while let Some(flag) = argv.next() {
         let value = argv
             .next()
@@ -68,6 +78,8 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
             "--drop-after" => drop_after = Some(number()?),
             "--drop-count" => drop_count = number()?,
             "--log" => log = Some(PathBuf::from(&value)),
+            "--tls-cert" => cert = Some(PathBuf::from(&value)),
+            "--tls-key" => key = Some(PathBuf::from(&value)),
             _ => bail!("unknown argument {flag:?}\n{USAGE}"),
         }
     }
@@ -76,12 +88,18 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
         (Some(bytes), _) => bytes,
         (None, _) => bail!("--drop-count needs --drop-after\n{USAGE}"),
     };
+    let tls = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ => bail!("--tls-cert and --tls-key go together\n{USAGE}"),
+    };
     Ok(Args {
         listen: listen.with_context(|| format!("--listen is missing\n{USAGE}"))?,
         dir: dir.with_context(|| format!("--dir is missing\n{USAGE}"))?,
         drop_after,
         drop_count,
         log,
+        tls,
     })
 }
 
@@ -93,6 +111,8 @@ struct Server {
     /// GET answers with a body so far.
     gets: AtomicU64,
     log: Mutex<Box<dyn Write + Send>>,
+    /// Set when every connection speaks TLS.
+    tls: Option<Arc<ServerConfig>>,
 }
 
 fn main() -> ExitCode {
@@ -120,7 +140,13 @@ fn run() -> Result<()> {
         ),
         None => Box::new(io::stderr()),
     };
+    let tls = args
+        .tls
+        .as_ref()
+        .map(|(cert, key)| tls_config(cert, key).map(Arc::new))
+        .transpose()?;
     let server = Arc::new(Server {
+        tls,
         dir: args.dir,
         drop_after: args.drop_after,
         drop_count: args.drop_count,
@@ -146,6 +172,20 @@ fn run() -> Result<()> {
         }
     }
     bail!("stopped accepting connections")
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<ServerConfig> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key from {}", key.display()))?;
+    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("loading the server certificate and key")
 }
 
 /// One request's log line.
@@ -174,15 +214,45 @@ fn serve(server: &Server, mut tcp: TcpStream) {
         sent: 0,
         note: None,
     };
-    if let Err(e) = exchange(server, &mut tcp, &mut record) {
-        record.note = Some(format!("{e:#}"));
+    match &server.tls {
+        None => {
+            if let Err(e) = exchange(server, &mut tcp, &mut record) {
+                record.note = Some(format!("{e:#}"));
+            }
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+        Some(tls) => {
+            match ServerConnection::new(tls.clone()) {
+                Ok(conn) => {
+                    let mut stream = StreamOwned::new(conn, tcp);
+                    match exchange(server, &mut stream, &mut record) {
+                        // A dropped answer ends without close_notify: the client sees a
+                        // truncated stream, as over plain HTTP.
+                        Ok(()) if record.note.as_deref() != Some(DROPPED) => {
+                            stream.conn.send_close_notify();
+                            let _ = stream.flush();
+                        }
+                        Ok(()) => {}
+                        Err(e) if stream.conn.is_handshaking() => {
+                            record.note = Some(format!("TLS handshake failed: {e:#}"));
+                        }
+                        Err(e) => record.note = Some(format!("{e:#}")),
+                    }
+                    let _ = stream.sock.shutdown(Shutdown::Both);
+                }
+                Err(e) => record.note = Some(format!("starting TLS: {e}")),
+            }
+        }
     }
-    let _ = tcp.shutdown(Shutdown::Both);
     log_request(server, &record);
 }
 
+/// A connection: a TCP stream, or TLS over one.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// Reads one request head and answers it, filling in `record` on the way.
-fn exchange(server: &Server, tcp: &mut TcpStream, record: &mut Record) -> Result<()> {
+fn exchange(server: &Server, tcp: &mut impl ReadWrite, record: &mut Record) -> Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0; 4096];
     let end = loop {
@@ -264,7 +334,7 @@ fn exchange(server: &Server, tcp: &mut TcpStream, record: &mut Record) -> Result
     let mut send = end - start;
     if server.gets.fetch_add(1, Ordering::SeqCst) < server.drop_count && server.drop_after < send {
         send = server.drop_after;
-        record.note = Some("dropped on purpose".into());
+        record.note = Some(DROPPED.into());
     }
     file.seek(SeekFrom::Start(start))
         .with_context(|| format!("seeking in {}", path.display()))?;
@@ -327,7 +397,12 @@ fn parse_range(value: &str) -> Option<(u64, Option<u64>)> {
     }
 }
 
-fn respond_error(tcp: &mut TcpStream, record: &mut Record, status: u16, why: &str) -> Result<()> {
+fn respond_error(
+    tcp: &mut impl ReadWrite,
+    record: &mut Record,
+    status: u16,
+    why: &str,
+) -> Result<()> {
     let reason = match status {
         400 => "Bad Request",
         404 => "Not Found",
