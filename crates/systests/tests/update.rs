@@ -1,11 +1,13 @@
 //! VM tests of host OS updates: `baleen update install` of the `next` image's bundle (0.2.0)
-//! on the dev image (0.1.0), served over HTTP from the test's own LAN; the A/B switch, the
-//! health window and its rollback, the boot stage's fallback (altboot), refusals of bad
-//! bundles, and a power cut at every step of an install.
+//! on the dev image (0.1.0), served over HTTP or HTTPS from the test's own LAN or copied to the
+//! device; the A/B switch, the health window and its rollback, the boot stage's fallback
+//! (altboot), refusals of bad bundles, and a power cut at every step of an install.
 //!
 //! Every VM boots a throwaway overlay of the dev image on a private [`Lan`] whose host side
-//! (`10.0.2.2:8080`) runs `bundle-http-server` over a scratch folder holding the bundle and,
-//! where a test needs them, bad bundles derived from it ([`systests::bundles`]).
+//! runs `bundle-http-server` twice over a scratch folder holding the bundle and, where a test
+//! needs them, bad bundles derived from it ([`systests::bundles`]): plain HTTP on
+//! `10.0.2.2:8080`, and TLS on `10.0.2.2:8443` with a certificate of a test CA that the device
+//! trusts only once config.json's `balenaRootCA` names it.
 //!
 //! Figures (install time and throughput, downtime, raw write speed) are printed, never
 //! asserted: run with `--nocapture` to see them.
@@ -20,6 +22,7 @@ use serde_json::Value;
 use systests::Scratch;
 use systests::bundles::{self, BundleServer, Defect, Faults};
 use systests::lan::Lan;
+use systests::timeservers::generate_certs;
 use vmharness::{Vm, shell_quote};
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
@@ -29,8 +32,9 @@ const ROLLBACK_WAIT: Duration = Duration::from_secs(1200);
 const BOOT_UNIT: &str = "baleen-update-boot.service";
 /// How long the boot-time cleanup gets to remove stale breadcrumbs after a power cut.
 const CLEANUP_WAIT: Duration = Duration::from_secs(120);
-/// Where the LAN's bundle server listens, on the LAN's host address.
+/// Where the LAN's bundle servers listen, on the LAN's host address: HTTP and HTTPS.
 const PORT: u16 = 8080;
+const TLS_PORT: u16 = 8443;
 /// The dev image's version, and the `next` image's (its bundle's).
 const OLD: &str = "0.1.0";
 const NEW: &str = "0.2.0";
@@ -101,6 +105,10 @@ const COMMIT_POINT: &str = "committed";
 struct Rig {
     vm: Vm,
     server: BundleServer,
+    /// The same files over TLS (no faults).
+    https: BundleServer,
+    /// The test CA that signed the HTTPS server's certificate, PEM.
+    ca_pem: String,
     _lan: Lan,
     _scratch: Scratch,
 }
@@ -119,6 +127,16 @@ impl Rig {
         let www = serve_dir(scratch.path(), bad);
         let lan = Lan::new(name).unwrap();
         let server = BundleServer::start(lan.ns(), lan.host_addr(), PORT, &www, faults).unwrap();
+        let certs = generate_certs(lan.host_addr().parse().unwrap()).unwrap();
+        let https = BundleServer::start_tls(
+            lan.ns(),
+            lan.host_addr(),
+            TLS_PORT,
+            &www,
+            Faults::default(),
+            &certs,
+        )
+        .unwrap();
         let mut vm = Vm::builder(name)
             .base_image(systests::test_image("dev"))
             .overlay_size(8 << 30)
@@ -136,6 +154,8 @@ impl Rig {
         Rig {
             vm,
             server,
+            https,
+            ca_pem: certs.ca_pem,
             _lan: lan,
             _scratch: scratch,
         }
@@ -143,6 +163,45 @@ impl Rig {
 
     fn url(&self, name: &str) -> String {
         self.server.url(name)
+    }
+
+    fn https_url(&self, name: &str) -> String {
+        self.https.url(name)
+    }
+
+    /// Both servers' log tails.
+    fn server_logs(&self) -> String {
+        format!("{}\n{}", self.server.log_tail(), self.https.log_tail())
+    }
+
+    /// Makes the device trust the test CA the way a user would: config.json's `balenaRootCA`,
+    /// edited on the running device; returns once the device's CA bundle holds it.
+    fn trust_test_ca(&self) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        self.vm
+            .run_ok(&format!(
+                "jq --arg ca {} '.balenaRootCA = $ca' /mnt/boot/config.json >/tmp/config.new && \
+                 mv /tmp/config.new /mnt/boot/config.json",
+                shell_quote(&b64)
+            ))
+            .unwrap();
+        // A line from the middle of the PEM: the certificate's own bytes.
+        let lines: Vec<&str> = self.ca_pem.lines().collect();
+        let line = lines[lines.len() / 2];
+        let took = wait_until(
+            &self.vm,
+            &format!(
+                "grep -qF {} /etc/ssl/certs/ca-certificates.crt",
+                shell_quote(line)
+            ),
+            Duration::from_secs(120),
+        );
+        println!(
+            "{}: balenaRootCA trusted {:.1} s after config.json changed",
+            self.vm.name(),
+            took.as_secs_f64()
+        );
     }
 
     fn pass(mut self) {
@@ -273,27 +332,19 @@ struct Installed {
     throughput_mibps: Option<f64>,
 }
 
-/// Installs the next bundle (from the `running` slot into the other one) and checks its JSON
-/// lines; prints the figures.
-fn install(rig: &Rig, running: Slot) -> Installed {
-    install_with_window(rig, running, WINDOW)
-}
-
-/// [`install`] with a health window of `window` seconds.
-fn install_with_window(rig: &Rig, running: Slot, window: u64) -> Installed {
+/// Installs the bundle at `source` (from the `running` slot into the other one) with a health
+/// window of `window` seconds, and checks its JSON lines; prints the figures.
+fn install_from(rig: &Rig, source: &str, running: Slot, window: u64) -> Installed {
     let started = Instant::now();
     let run = rig
         .vm
-        .run_timeout(
-            &install_cmd(&rig.url(NEXT_BUNDLE), window, "--json"),
-            INSTALL_WAIT,
-        )
+        .run_timeout(&install_cmd(source, window, "--json"), INSTALL_WAIT)
         .unwrap();
     let wall = started.elapsed();
     assert!(
         run.success(),
-        "install failed: {run:?}\n{}\n{}",
-        rig.server.log_tail(),
+        "install from {source} failed: {run:?}\n{}\n{}",
+        rig.server_logs(),
         update_journal(&rig.vm)
     );
     let mut phases: Vec<String> = Vec::new();
@@ -327,7 +378,7 @@ fn install_with_window(rig: &Rig, running: Slot, window: u64) -> Installed {
         .unwrap_or_else(|| panic!("no resumes in {done}"));
     let throughput_mibps = done["throughputMiBps"].as_f64();
     println!(
-        "{}: install {running}→{}: {:.1} s on the host clock; device: seconds {}, \
+        "{}: install {running}→{} from {source}: {:.1} s on the host clock; device: seconds {}, \
          throughput {} MiB/s, resumes {resumes}; progress phases {phases:?}",
         rig.vm.name(),
         running.other(),
@@ -343,11 +394,80 @@ fn install_with_window(rig: &Rig, running: Slot, window: u64) -> Installed {
 
 /// Installs the next bundle and checks the state it leaves before the reboot.
 fn install_and_check_staged(rig: &Rig) -> Installed {
+    install_and_check_staged_from(rig, &rig.url(NEXT_BUNDLE))
+}
+
+/// [`install_and_check_staged`] from `source`.
+fn install_and_check_staged_from(rig: &Rig, source: &str) -> Installed {
     let running = running_slot(&rig.vm);
     let version = os_version(&rig.vm);
-    let installed = install(rig, running);
+    let installed = install_from(rig, source, running, WINDOW);
     check_staged(&rig.vm, running, &version);
     installed
+}
+
+/// Copies the next bundle to the data partition and installs it from there on a terminal
+/// (`script`): the progress is a bar that rewrites itself, not JSON lines. Checks the state
+/// it leaves before the reboot, then removes the copy.
+fn install_on_a_tty_from_a_local_file(rig: &Rig) {
+    let vm = &rig.vm;
+    let running = running_slot(vm);
+    let version = os_version(vm);
+    let local = "/mnt/data/next.bundle";
+    let started = Instant::now();
+    vm.copy_to(&systests::bundle_path("next"), local).unwrap();
+    println!(
+        "{}: bundle copied to {local} in {:.1} s",
+        vm.name(),
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let run = vm
+        .run_timeout(
+            &format!(
+                "script -qec {} /dev/null",
+                shell_quote(&install_cmd(local, WINDOW, ""))
+            ),
+            INSTALL_WAIT,
+        )
+        .unwrap();
+    // The terminal's output, stderr included, comes out on script's stdout.
+    let tty = run.stdout.replace("\r\n", "\n");
+    assert!(
+        run.success(),
+        "install from {local} on a terminal failed: {run:?}\n{}",
+        update_journal(vm)
+    );
+    let target = running.other();
+    for expected in [
+        format!("from {local} into slot {target}"),
+        "\r    rootfs [".to_owned(),
+        "] 100%".to_owned(),
+        "\r    verify [".to_owned(),
+        format!("installed in slot {target}"),
+    ] {
+        assert!(
+            tty.contains(&expected),
+            "the terminal lacks {expected:?}:\n{tty:?}"
+        );
+    }
+    assert!(
+        !tty.contains("{\"event\""),
+        "JSON on a terminal without --json:\n{tty}"
+    );
+    let last = tty
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    println!(
+        "{}: install {running}→{target} from {local} on a terminal: {:.1} s; it ended with \
+         {last:?}",
+        vm.name(),
+        started.elapsed().as_secs_f64()
+    );
+    vm.run_ok(&format!("rm {local}")).unwrap();
+    check_staged(vm, running, &version);
 }
 
 /// After an install from `running`, before the reboot: breadcrumbs laid, the other slot
@@ -423,8 +543,14 @@ fn wait_committed(vm: &Vm, slot: Slot, window: u64) {
 
 /// Install, reboot, commit: the whole happy path from the running slot.
 fn update_and_commit(rig: &mut Rig) -> Installed {
+    let source = rig.url(NEXT_BUNDLE);
+    update_and_commit_from(rig, &source)
+}
+
+/// [`update_and_commit`] from `source`.
+fn update_and_commit_from(rig: &mut Rig, source: &str) -> Installed {
     let running = running_slot(&rig.vm);
-    let installed = install_and_check_staged(rig);
+    let installed = install_and_check_staged_from(rig, source);
     reboot_into_update(&mut rig.vm, running.other());
     wait_committed(&rig.vm, running.other(), WINDOW);
     installed
@@ -592,7 +718,7 @@ fn a_to_b_then_b_to_b() {
         installed.resumes >= 1,
         "the download was cut after 60 MB, yet the install reports {} resumes\n{}",
         installed.resumes,
-        rig.server.log_tail()
+        rig.server_logs()
     );
     print_raw_write_speed(&rig.vm, Slot::B, installed.throughput_mibps);
     reboot_into_update(&mut rig.vm, Slot::B);
@@ -618,7 +744,7 @@ fn a_to_b_then_b_to_b() {
     // B → A: the same release again, into the other slot. A clean reboot during its health
     // window is not a failed boot: the count starts again, so the boot after it is attempt 1
     // again, not 2 (the window is long enough for the reboot to fall inside it).
-    install_with_window(&rig, Slot::B, CLEAN_REBOOT_WINDOW);
+    install_from(&rig, &rig.url(NEXT_BUNDLE), Slot::B, CLEAN_REBOOT_WINDOW);
     check_staged(&rig.vm, Slot::B, NEW);
     reboot_into_update(&mut rig.vm, Slot::A);
     let on_trial = BootEnv {
@@ -671,15 +797,41 @@ fn broken_health_check_rolls_back() {
     let reason = check_last_rollback(&rig.vm, "health");
     assert!(reason.contains("50-broken"), "rollback reason {reason:?}");
 
-    // The next, unbroken install goes through.
-    update_and_commit(&mut rig);
+    // The next, unbroken install goes through, over HTTPS: refused while the server's CA is
+    // unknown to the device, accepted once config.json's balenaRootCA names it.
+    let source = rig.https_url(NEXT_BUNDLE);
+    let bootenv_sum = out(&rig.vm, "sha256sum /mnt/boot/bootenv");
+    let run = rig
+        .vm
+        .run_timeout(&install_cmd(&source, WINDOW, ""), INSTALL_WAIT)
+        .unwrap();
+    assert!(
+        !run.success(),
+        "installed from an untrusted server: {run:?}"
+    );
+    let said = run.stderr.trim_end();
+    for words in ["invalid peer certificate", "balenaRootCA"] {
+        assert!(said.contains(words), "the refusal lacks {words:?}:\n{said}");
+    }
+    println!(
+        "update-health: untrusted HTTPS server refused: {}",
+        said.lines().last().unwrap_or("")
+    );
+    assert_eq!(out(&rig.vm, "sha256sum /mnt/boot/bootenv"), bootenv_sum);
+    assert!(
+        breadcrumbs(&rig.vm).is_empty(),
+        "{:?}",
+        breadcrumbs(&rig.vm)
+    );
+    rig.trust_test_ca();
+    update_and_commit_from(&mut rig, &source);
     rig.pass();
 }
 
 #[test]
 fn unbootable_root_falls_back() {
     let rig = Rig::start("update-altboot", Faults::default(), &[]);
-    install_and_check_staged(&rig);
+    install_on_a_tty_from_a_local_file(&rig);
     // Debian's merged /usr: /sbin/init is usr/sbin/init, a link to systemd.
     edit_root(
         &rig.vm,
@@ -885,7 +1037,7 @@ fn wait_for_pause(rig: &Rig, point: &str, pid: &str) {
         panic!(
             "the install never paused at {point}: {e}\n{}\n{}",
             log(),
-            rig.server.log_tail()
+            rig.server_logs()
         );
     }
     assert!(

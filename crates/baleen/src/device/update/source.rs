@@ -196,7 +196,10 @@ fn open_url(url: &str, options: &SourceOptions) -> Result<Source> {
     let response = match call(agent.get(url)) {
         Ok(response) if response.status() == 200 => response,
         Ok(response) => bail!("GET {url}: {}", status_line(&response)),
-        Err(failure) => bail!("GET {url}: {failure}"),
+        Err(failure) => bail!(
+            "GET {url}: {failure}{}",
+            untrusted_hint(&failure, &options.trust_bundle)
+        ),
     };
     // A body in chunks has no announced length, whatever Content-Length says.
     let length = match response.header("transfer-encoding") {
@@ -252,6 +255,18 @@ fn tls_config(url: &str, bundle: &Path) -> Result<Arc<rustls::ClientConfig>> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// What to do about a server certificate the device does not trust; empty for other failures.
+fn untrusted_hint(failure: &Failure, bundle: &Path) -> String {
+    match failure {
+        Failure::Transport(text) if text.contains("invalid peer certificate") => format!(
+            "; the device trusts only the CAs in {}: if this server's CA is yours, put it in \
+             config.json's balenaRootCA (the PEM, base64-encoded)",
+            bundle.display()
+        ),
+        _ => String::new(),
+    }
 }
 
 fn is_https(url: &str) -> bool {
@@ -876,6 +891,27 @@ mod tests {
         assert!(
             err.starts_with("reading trusted certificates from /nonexistent/ca-certificates.crt: "),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_server_certificate_points_at_balena_root_ca() {
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let untrusted = Failure::Transport(
+            "Connection Failed: tls connection init failed: invalid peer certificate: \
+             UnknownIssuer"
+                .into(),
+        );
+        let hint = untrusted_hint(&untrusted, bundle);
+        assert!(
+            hint.contains("/etc/ssl/certs/ca-certificates.crt") && hint.contains("balenaRootCA"),
+            "{hint}"
+        );
+        let refused = Failure::Transport("Connection Failed: Connection refused".into());
+        assert_eq!(untrusted_hint(&refused, bundle), "");
+        assert_eq!(
+            untrusted_hint(&Failure::Status(404, "404 Not Found".into()), bundle),
+            ""
         );
     }
 
