@@ -56,6 +56,11 @@ fn default_image_boots_to_ssh_from_root_a() {
     eprintln!("SSH answered {:.1} s after QEMU started", up.as_secs_f64());
 
     let os_release = vm.run_ok("cat /etc/os-release").unwrap();
+    // The harness's commands share one SSH connection (the same client port) once one got
+    // through.
+    let connection = || vm.run_ok("echo $SSH_CONNECTION").unwrap();
+    let (first, second) = (connection(), connection());
+    assert_eq!(first, second, "two commands, two connections");
     for key in [
         "ID",
         "NAME",

@@ -86,11 +86,13 @@ impl Vm {
 
     /// Hard reset (the reset button): the guest reboots without shutting down.
     pub fn reset(&mut self) -> Result<()> {
+        self.ssh.stop_master();
         self.qmp_execute("system_reset", None).map(drop)
     }
 
     /// ACPI power button: asks the guest to shut down.
     pub fn system_powerdown(&mut self) -> Result<()> {
+        self.ssh.stop_master();
         self.qmp_execute("system_powerdown", None).map(drop)
     }
 

@@ -39,6 +39,8 @@ fn poll_script(check: &str, polls: u64) -> String {
 impl Vm {
     /// Waits until SSH answers; returns the time since the current QEMU start.
     pub fn wait_for_ssh(&mut self, timeout: Duration) -> Result<Duration> {
+        // A shared connection from before is to a guest that is gone or going.
+        self.ssh.stop_master();
         let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         loop {
@@ -162,6 +164,8 @@ impl Vm {
     /// reboot the guest was asked for some other way than [`Vm::reboot_wait`]. Returns how long
     /// it waited.
     pub fn wait_for_new_boot(&mut self, before: &str, timeout: Duration) -> Result<Duration> {
+        // The shared connection is to the old boot: a reset guest never closes it.
+        self.ssh.stop_master();
         let t0 = Instant::now();
         let timeout = scaled(timeout);
         let deadline = t0 + timeout;

@@ -85,6 +85,7 @@ impl Vm {
 
     /// Forgets an exited QEMU: reaps it, finishes the serial reader, drops QMP.
     fn reap(&mut self) {
+        self.ssh.stop_master();
         self.qmp = None;
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();

@@ -77,7 +77,7 @@ impl VmConfig {
                 (Net::User { ssh_port: port }, Ssh::new("127.0.0.1", port))
             }
         };
-        let ssh = ssh.with_key(self.ssh_key.clone());
+        let ssh = ssh.with_key(self.ssh_key.clone()).multiplexed();
         let mut vm = Vm {
             config: self,
             log_dir,
@@ -114,7 +114,9 @@ impl VmConfig {
                     tracing::warn!(error = %e, "SSH port taken, retrying with another");
                     let port = free_port()?;
                     vm.layout.net = Net::User { ssh_port: port };
-                    vm.ssh = Ssh::new("127.0.0.1", port).with_key(vm.config.ssh_key.clone());
+                    vm.ssh = Ssh::new("127.0.0.1", port)
+                        .with_key(vm.config.ssh_key.clone())
+                        .multiplexed();
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
