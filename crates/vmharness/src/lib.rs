@@ -70,6 +70,15 @@ pub fn default_cpus() -> u32 {
         .unwrap_or(2)
 }
 
+/// Environment variable that, set to `0`, makes every VM's commands log in on their own
+/// instead of sharing one SSH connection ([`Ssh::multiplexed`]), to measure what sharing saves.
+pub const SSH_MUX_ENV: &str = "BALEEN_SSH_MUX";
+
+/// False when `$BALEEN_SSH_MUX` is `0`.
+pub fn ssh_mux() -> bool {
+    !std::env::var(SSH_MUX_ENV).is_ok_and(|v| v.trim() == "0")
+}
+
 /// `d` multiplied by `$BALEEN_TIMEOUT_SCALE` (ignored unless a positive number).
 pub fn scaled(d: Duration) -> Duration {
     std::env::var(TIMEOUT_SCALE_ENV)

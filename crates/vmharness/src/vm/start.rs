@@ -77,7 +77,7 @@ impl VmConfig {
                 (Net::User { ssh_port: port }, Ssh::new("127.0.0.1", port))
             }
         };
-        let ssh = ssh.with_key(self.ssh_key.clone()).multiplexed();
+        let ssh = shared(ssh.with_key(self.ssh_key.clone()));
         let mut vm = Vm {
             config: self,
             log_dir,
@@ -114,9 +114,8 @@ impl VmConfig {
                     tracing::warn!(error = %e, "SSH port taken, retrying with another");
                     let port = free_port()?;
                     vm.layout.net = Net::User { ssh_port: port };
-                    vm.ssh = Ssh::new("127.0.0.1", port)
-                        .with_key(vm.config.ssh_key.clone())
-                        .multiplexed();
+                    vm.ssh =
+                        shared(Ssh::new("127.0.0.1", port).with_key(vm.config.ssh_key.clone()));
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -231,5 +230,14 @@ impl Vm {
                 Err(_) => thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+}
+
+/// `ssh`, sharing one connection among commands unless `$BALEEN_SSH_MUX` is `0`.
+fn shared(ssh: Ssh) -> Ssh {
+    if crate::ssh_mux() {
+        ssh.multiplexed()
+    } else {
+        ssh
     }
 }
