@@ -300,11 +300,12 @@ fn config_changes_apply_live_and_removal_reverts() {
         "findmnt -n /var/log/journal >/dev/null",
     ));
 
-    // One invalid key is reported; the others still apply.
+    // One invalid key is reported; the others still apply. The rules file comes before the
+    // status that reports the pass: wait for both.
     edit_until(
         &vm,
         ".hostname = \"bad name\" | .os.udevRules = {\"98-ok\": \"# ok\"}",
-        "[ -e /etc/udev/rules.d/98-ok.rules ]",
+        "[ -e /etc/udev/rules.d/98-ok.rules ] && baleen status --json | grep -qF 'bad name'",
     );
     assert_eq!(out(&vm, "hostname"), &uuid[..7]);
     let status = out(&vm, "baleen status --json");
