@@ -585,6 +585,28 @@ pub fn generate_certs(addr: IpAddr) -> Result<TestCerts> {
     })
 }
 
+/// The TLS configuration of a test server (ring, the safe default versions, no client
+/// certificates) from the PEM files of its certificate chain and private key: what
+/// `time-https-server` and `bundle-http-server` serve with.
+pub fn server_tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key from {}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("choosing TLS versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("loading the server certificate and key")
+}
+
 /// The HTTPS connectivity-check server (and its plain HTTP twin) of a test LAN. Dropping it (or
 /// [`HttpsTime::close`]) ends the server; its files stay.
 #[derive(Debug)]

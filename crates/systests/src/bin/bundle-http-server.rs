@@ -29,10 +29,8 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use systests::timeservers::{head_end, parse_request_head};
+use systests::timeservers::{head_end, parse_request_head, server_tls_config};
 
 const USAGE: &str = "usage: bundle-http-server --listen ADDR:PORT --dir DIR \
                      [--drop-after BYTES] [--drop-count N] [--log FILE] \
@@ -143,7 +141,7 @@ fn run() -> Result<()> {
     let tls = args
         .tls
         .as_ref()
-        .map(|(cert, key)| tls_config(cert, key).map(Arc::new))
+        .map(|(cert, key)| server_tls_config(cert, key).map(Arc::new))
         .transpose()?;
     let server = Arc::new(Server {
         tls,
@@ -172,20 +170,6 @@ fn run() -> Result<()> {
         }
     }
     bail!("stopped accepting connections")
-}
-
-fn tls_config(cert: &Path, key: &Path) -> Result<ServerConfig> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reading certificates from {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the private key from {}", key.display()))?;
-    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("choosing TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("loading the server certificate and key")
 }
 
 /// One request's log line.

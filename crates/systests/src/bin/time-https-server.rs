@@ -21,11 +21,9 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use systests::timeservers::{
-    Answer, LISTENING, Request, head_end, parse_request_head, render_response,
+    Answer, LISTENING, Request, head_end, parse_request_head, render_response, server_tls_config,
 };
 
 const USAGE: &str = "usage: time-https-server --cert PEM --key PEM --control FILE --log FILE \
@@ -99,7 +97,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let args = parse_args(std::env::args().skip(1))?;
-    let tls = Arc::new(tls_config(&args)?);
+    let tls = Arc::new(server_tls_config(&args.cert, &args.key)?);
     let log = File::options()
         .create(true)
         .append(true)
@@ -136,20 +134,6 @@ fn run() -> Result<()> {
         let _ = l.join();
     }
     bail!("stopped accepting connections")
-}
-
-fn tls_config(args: &Args) -> Result<ServerConfig> {
-    let certs = CertificateDer::pem_file_iter(&args.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reading certificates from {}", args.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&args.key)
-        .with_context(|| format!("reading the private key from {}", args.key.display()))?;
-    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("choosing TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("loading the server certificate and key")
 }
 
 /// Accepts connections forever, each handled on its own thread.
