@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +37,10 @@ struct Mux {
     socket: PathBuf,
     /// The master, a child of this process; `None` until a command got through.
     master: Mutex<Option<Child>>,
+    /// Masters in a row that ended without listening; at [`MASTER_TRIES`] no more are
+    /// started until [`Mux::stop`] (a new boot), so a guest that refuses them costs one login
+    /// per command, not two.
+    failures: AtomicU32,
 }
 
 impl Mux {
@@ -51,6 +55,7 @@ impl Mux {
             let _ = child.wait();
         }
         let _ = fs::remove_file(&self.socket);
+        self.failures.store(0, Ordering::Relaxed);
     }
 }
 
@@ -59,6 +64,9 @@ impl Drop for Mux {
         self.stop();
     }
 }
+
+/// Masters that may end without listening before no more are started (until the next boot).
+const MASTER_TRIES: u32 = 3;
 
 /// How long a new control master gets to log in before commands go without it.
 const MASTER_WAIT: Duration = Duration::from_secs(20);
@@ -95,6 +103,7 @@ impl Ssh {
         self.mux = Some(Arc::new(Mux {
             socket,
             master: Mutex::new(None),
+            failures: AtomicU32::new(0),
         }));
         self
     }
@@ -115,6 +124,9 @@ impl Ssh {
             if matches!(child.try_wait(), Ok(None)) {
                 return;
             }
+        }
+        if mux.failures.load(Ordering::Relaxed) >= MASTER_TRIES {
+            return;
         }
         let _ = fs::remove_file(&mux.socket);
         let mut argv = self.base_argv(Duration::from_secs(10));
@@ -148,6 +160,12 @@ impl Ssh {
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if mux.socket.exists() {
+            mux.failures.store(0, Ordering::Relaxed);
+        } else {
+            let failed = mux.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(failed, "the SSH control master did not start listening");
         }
         *master = Some(child);
     }
@@ -494,6 +512,23 @@ mod tests {
             "`echo broken >&2; exit 2` on root@127.0.0.1:2222 failed (exit status: 2): broken"
         );
         ssh.probe(Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_master_that_never_listens_is_given_up_after_three_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        // The stand-in runs commands but, started as a master (no `--`), exits at once.
+        let ssh = fake_ssh(dir.path()).multiplexed();
+        let failures = || ssh.mux.as_ref().unwrap().failures.load(Ordering::Relaxed);
+        for _ in 0..5 {
+            assert_eq!(
+                ssh.run_ok("echo hi", Duration::from_secs(30)).unwrap(),
+                "hi\n"
+            );
+        }
+        assert_eq!(failures(), MASTER_TRIES);
+        ssh.stop_master();
+        assert_eq!(failures(), 0, "a new boot gets new tries");
     }
 
     #[test]
