@@ -231,12 +231,8 @@ fn serve(server: &Server, mut tcp: TcpStream) {
     log_request(server, &record);
 }
 
-/// A connection: a TCP stream, or TLS over one.
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
 /// Reads one request head and answers it, filling in `record` on the way.
-fn exchange(server: &Server, tcp: &mut impl ReadWrite, record: &mut Record) -> Result<()> {
+fn exchange(server: &Server, tcp: &mut (impl Read + Write), record: &mut Record) -> Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0; 4096];
     let end = loop {
@@ -382,7 +378,7 @@ fn parse_range(value: &str) -> Option<(u64, Option<u64>)> {
 }
 
 fn respond_error(
-    tcp: &mut impl ReadWrite,
+    tcp: &mut (impl Read + Write),
     record: &mut Record,
     status: u16,
     why: &str,
