@@ -212,14 +212,24 @@ pub fn run(command: Command) -> Result<()> {
 /// `baleen status [--json]`: what the config agent last applied.
 pub fn status(json: bool) -> Result<()> {
     let path = Path::new(DEVICE_ROOT).join(agent::STATUS);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading {} (is baleen-config.service running on this device?)",
-            path.display()
-        )
-    })?;
-    let mut v: Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    // Early in a boot the agent may not have written its status yet: the clock and the
+    // update slots are still worth showing.
+    let mut v: Value = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({
+            "apiVersion": 1,
+            "revision": null,
+            "subsystems": [],
+            "lastError": format!(
+                "config.json not applied yet: {} does not exist (baleen-config.service writes it \
+                 once it has applied config.json; see `journalctl -u baleen-config`)",
+                path.display()
+            ),
+        }),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     let time = crate::device::time::status(Path::new(DEVICE_ROOT));
     let update = crate::device::update::rollback::status(Path::new(DEVICE_ROOT));
     if json {

@@ -264,3 +264,16 @@ impl Scratch {
         &self.0
     }
 }
+
+/// A guest shell condition: the JSON that `command` prints satisfies the jq `filter` (its last
+/// output is neither `false` nor `null`).
+///
+/// Through `jq -en 'input | …'`, so that a command printing nothing (it failed, or ran before
+/// its files existed) fails the condition: Debian 12's jq 1.6 exits 0 from a bare `jq -e` on
+/// empty input.
+pub fn json_holds(command: &str, filter: &str) -> String {
+    format!(
+        "{command} | jq -en {} >/dev/null",
+        vmharness::shell_quote(&format!("input | {filter}"))
+    )
+}

@@ -4,8 +4,8 @@
 //! (the NTP server runs with `chronyd -x`, which never touches the host's).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use systests::Scratch;
 use systests::timeservers::{Answer, DateSpec, HttpsTime, NtpServer};
+use systests::{Scratch, json_holds};
 use vmharness::Vm;
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
@@ -213,7 +213,10 @@ fn https_date_steps_the_clock_then_ntp_keeps_it_and_heals() {
     vm.wait_for_ssh(SSH_WAIT).unwrap();
     wait_until(
         &vm,
-        "baleen status --json | jq -e '.time.steps.https.result == \"stepped\"'",
+        &json_holds(
+            "baleen status --json",
+            ".time.steps.https.result == \"stepped\"",
+        ),
         Duration::from_secs(300),
     );
     let offset = guest_offset(&vm);
@@ -286,7 +289,10 @@ fn https_date_steps_the_clock_then_ntp_keeps_it_and_heals() {
             .unwrap();
         wait_until(
             &vm,
-            &format!("baleen status --json | jq -e '.time.steps.https.why | test(\"{why}\")'"),
+            &json_holds(
+                "baleen status --json",
+                &format!(".time.steps.https.why | test(\"{why}\")"),
+            ),
             Duration::from_secs(60),
         );
         let offset = guest_offset(&vm);
@@ -302,7 +308,10 @@ fn https_date_steps_the_clock_then_ntp_keeps_it_and_heals() {
     });
     wait_until(
         &vm,
-        "baleen status --json | jq -e '.time.steps.https.result == \"stepped\"'",
+        &json_holds(
+            "baleen status --json",
+            ".time.steps.https.result == \"stepped\"",
+        ),
         Duration::from_secs(180),
     );
     let offset = guest_offset(&vm);

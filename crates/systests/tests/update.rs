@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use bootenv::{BootEnv, Slot};
 use serde_json::Value;
-use systests::Scratch;
 use systests::bundles::{self, BundleServer, Defect, Faults};
 use systests::lan::Lan;
 use systests::timeservers::generate_certs;
+use systests::{Scratch, json_holds};
 use vmharness::{Vm, shell_quote};
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
@@ -294,10 +294,7 @@ fn slot_state(status: &Value, slot: Slot) -> &str {
 
 /// A shell condition: `baleen update status --json` satisfies the jq `filter`.
 fn status_holds(filter: &str) -> String {
-    format!(
-        "baleen update status --json | jq -e {} >/dev/null",
-        shell_quote(filter)
-    )
+    json_holds("baleen update status --json", filter)
 }
 
 /// What the device's journal says about updates, for failure messages.
