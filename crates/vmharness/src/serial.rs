@@ -307,6 +307,14 @@ impl SerialLog {
         self.lock().lines.clone()
     }
 
+    /// The last line the current QEMU run printed (the unfinished one if there is one).
+    pub(crate) fn last_of_run(&self) -> Option<SerialLine> {
+        let st = self.lock();
+        st.partial
+            .clone()
+            .or_else(|| st.lines[st.run_start.min(st.lines.len())..].last().cloned())
+    }
+
     /// True if any line (or the unfinished last one) matches.
     pub(crate) fn contains(&self, pattern: &Pattern) -> bool {
         let st = self.lock();

@@ -145,6 +145,43 @@ impl Vm {
         self.launch()
     }
 
+    /// Power-cycles a guest that hangs between the firmware and the kernel, once per VM.
+    ///
+    /// Under TCG (`-cpu max`, two vCPUs) a boot now and then stops right after OVMF's
+    /// `BdsDxe: starting Boot…` and never prints a kernel line: nothing of ours has run and
+    /// the disk is untouched. After [`FIRMWARE_HANG`] (scaled) of silence there, the harness
+    /// says so on stderr and in `qemu.log`, and starts QEMU again on the same disks. A second
+    /// such hang is left to the caller's timeout. Returns whether it power-cycled.
+    pub(crate) fn rescue_firmware_hang(&mut self) -> Result<bool> {
+        if self.firmware_rescues > 0 {
+            return Ok(false);
+        }
+        let last = self.serial.last_of_run();
+        let elapsed = self.started_at.elapsed();
+        let Some(line) = last.filter(|l| hung_in_firmware(l, elapsed, scaled(FIRMWARE_HANG)))
+        else {
+            return Ok(false);
+        };
+        let note = format!(
+            "vmharness: {}: no output for {:.0} s after `{}` (QEMU run #{}): the guest hangs \
+             before its kernel; power-cycling it once",
+            self.config.name,
+            (elapsed - line.at).as_secs_f64(),
+            line.text.trim(),
+            self.run
+        );
+        eprintln!("{note}");
+        tracing::warn!("{note}");
+        let qemu_log = self.log_dir.join("qemu.log");
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&qemu_log) {
+            use std::io::Write;
+            let _ = writeln!(f, "{note}");
+        }
+        self.firmware_rescues += 1;
+        self.power_cycle()?;
+        Ok(true)
+    }
+
     /// [`Vm::power_cut`] then [`Vm::restart`].
     pub fn power_cycle(&mut self) -> Result<()> {
         self.power_cut()?;
@@ -177,5 +214,46 @@ impl Vm {
     /// over dropping.
     pub fn close(mut self) -> Result<()> {
         self.shutdown(Duration::from_secs(120)).map(drop)
+    }
+}
+
+/// Silence after OVMF's `BdsDxe: starting` that [`Vm::rescue_firmware_hang`] takes for a hang
+/// (before scaling). The kernel's first line normally follows in 10–40 s.
+pub(crate) const FIRMWARE_HANG: Duration = Duration::from_secs(180);
+
+/// Whether `last`, the last line of a QEMU run that has been going for `elapsed`, is OVMF
+/// starting a boot option followed by at least `limit` of silence. Pure.
+fn hung_in_firmware(last: &SerialLine, elapsed: Duration, limit: Duration) -> bool {
+    last.text.contains("BdsDxe: starting") && elapsed.saturating_sub(last.at) >= limit
+}
+
+#[cfg(test)]
+mod firmware_hang_tests {
+    use super::*;
+
+    fn line(text: &str, at: u64) -> SerialLine {
+        SerialLine {
+            run: 0,
+            at: Duration::from_secs(at),
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_silence_after_bdsdxe_starting_is_a_firmware_hang() {
+        let limit = Duration::from_secs(180);
+        let bds = line(
+            "BdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)",
+            4,
+        );
+        assert!(hung_in_firmware(&bds, Duration::from_secs(184), limit));
+        assert!(hung_in_firmware(&bds, Duration::from_secs(600), limit));
+        assert!(!hung_in_firmware(&bds, Duration::from_secs(183), limit));
+        // A kernel line after it: booting, however slowly.
+        let kernel = line("[    0.000000] Linux version 6.1.0-27-amd64", 16);
+        assert!(!hung_in_firmware(&kernel, Duration::from_secs(600), limit));
+        // A guest that stopped printing later on (e.g. at a login prompt) is not this.
+        let login = line("balena login: ", 40);
+        assert!(!hung_in_firmware(&login, Duration::from_secs(900), limit));
     }
 }

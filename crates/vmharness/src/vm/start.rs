@@ -97,6 +97,7 @@ impl VmConfig {
             qmp: None,
             started_at: Instant::now(),
             run: 0,
+            firmware_rescues: 0,
             passed: false,
             socket_dir,
         };
