@@ -5,6 +5,10 @@
 //! * `bench boot`: seconds from QEMU start to SSH, split into firmware, boot
 //!   stage and final boot, for baleen's chain and, on the same kernel and
 //!   root filesystem, Debian's usual chain (OVMF → GRUB → kernel).
+//! * `bench update`: install throughput against `dd` of the same bytes, bundle size, device
+//!   downtime and the install's memory, over rounds of install, reboot and commit.
+
+mod update;
 
 use crate::build;
 use anyhow::{Context, Result, bail};
@@ -31,12 +35,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Update a booted image with a bundle, round after round (A→B, B→A, …), from a file on the
+    /// device; compare each install with `dd` of the same bytes before and after it.
+    Update {
+        /// The image to boot (development build).
+        image: PathBuf,
+        /// The bundle to install (signed by a key the image trusts).
+        bundle: PathBuf,
+        /// Installs to make, each followed by a reboot and the commit.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Build { config, out } => bench_build(config, out),
         Command::Boot { image, grub, json } => bench_boot(&image, grub, json),
+        Command::Update {
+            image,
+            bundle,
+            rounds,
+            json,
+        } => update::bench_update(&image, &bundle, rounds, json),
     }
 }
 
