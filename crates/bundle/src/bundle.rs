@@ -17,6 +17,9 @@ pub const MAX_WINDOW_LOG: u32 = 24;
 const CHUNK: usize = 1 << 20;
 /// Chunks in flight to the hashing thread.
 const HASH_QUEUE: usize = 4;
+/// Reads of the compressed stream (up to zstd's input buffer, 128 KiB) in flight to its
+/// hashing thread.
+const COMPRESSED_HASH_QUEUE: usize = 16;
 
 /// An opened bundle whose manifest is verified; its payloads are still to be read.
 ///
@@ -123,7 +126,7 @@ impl<R: Read> Bundle<R> {
             reader,
             remaining: info.compressed_size,
             count: 0,
-            hasher: sha2::Sha256::new(),
+            hasher: Sha256Stream::background(),
             ended_early: false,
             failed_io: false,
         };
@@ -373,18 +376,19 @@ impl<R: Read> PayloadReader<'_, R> {
         self.state.failed = Some(self.index);
     }
 
-    /// Classifies an error from the decoder.
-    fn stream_error(&self, err: io::Error) -> Error {
-        let compressed = self.decoder.get_ref().get_ref();
-        let name = self.info.name.clone();
+    /// Classifies an error from the decoder (which ends the payload's reading).
+    fn stream_error(&mut self, err: io::Error) -> Error {
+        let info = self.info;
+        let compressed = self.decoder.get_mut().get_mut();
+        let name = info.name.clone();
         if compressed.failed_io {
             Error::PayloadRead { name, source: err }
         } else if compressed.ended_early {
             self.truncated()
         } else if let Some(mismatch) = (compressed.remaining == 0)
             .then(|| {
-                let hasher = compressed.hasher.clone();
-                check_sum(self.info, "compressed", self.info.compressed_sha256, hasher).err()
+                let hasher = std::mem::take(&mut compressed.hasher).into_hasher();
+                check_sum(info, "compressed", info.compressed_sha256, hasher).err()
             })
             .flatten()
         {
@@ -418,7 +422,7 @@ impl<R: Read> PayloadReader<'_, R> {
             info,
             "compressed",
             info.compressed_sha256,
-            std::mem::take(&mut compressed.hasher),
+            std::mem::take(&mut compressed.hasher).into_hasher(),
         )?;
         if self.produced != info.size {
             return Err(Error::PayloadSizeMismatch {
@@ -524,13 +528,73 @@ impl<R: Read> Read for PayloadReader<'_, R> {
     }
 }
 
+/// A SHA-256 fed as bytes arrive, taken on a thread of its own where one can be started: on
+/// a device the compressed stream's hash then runs beside zstd instead of before it, on the
+/// thread that was the install's bottleneck.
+enum Sha256Stream {
+    Inline(sha2::Sha256),
+    Background {
+        chunks: mpsc::SyncSender<Vec<u8>>,
+        worker: std::thread::JoinHandle<sha2::Sha256>,
+    },
+}
+
+impl Sha256Stream {
+    /// Hashing on a new thread; inline if no thread can be started.
+    fn background() -> Self {
+        let (chunks, queue) = mpsc::sync_channel::<Vec<u8>>(COMPRESSED_HASH_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut hasher = sha2::Sha256::new();
+                for chunk in queue {
+                    hasher.update(&chunk);
+                }
+                hasher
+            });
+        match spawned {
+            Ok(worker) => Sha256Stream::Background { chunks, worker },
+            Err(_) => Sha256Stream::Inline(sha2::Sha256::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Sha256Stream::Inline(hasher) => hasher.update(data),
+            Sha256Stream::Background { chunks, .. } => {
+                // The worker only stops when `chunks` is dropped (or if it panicked, which
+                // `into_hasher` reports).
+                let _ = chunks.send(data.to_vec());
+            }
+        }
+    }
+
+    /// The hasher with every byte given to `update` in it.
+    fn into_hasher(self) -> sha2::Sha256 {
+        match self {
+            Sha256Stream::Inline(hasher) => hasher,
+            Sha256Stream::Background { chunks, worker } => {
+                drop(chunks);
+                worker.join().expect("the SHA-256 thread panicked")
+            }
+        }
+    }
+}
+
+/// An empty inline hasher (what `std::mem::take` leaves behind).
+impl Default for Sha256Stream {
+    fn default() -> Self {
+        Sha256Stream::Inline(sha2::Sha256::new())
+    }
+}
+
 /// The compressed side of a payload: at most `remaining` bytes of the bundle, counted and
 /// hashed as the decoder pulls them.
 struct Compressed<'a, R> {
     reader: &'a mut R,
     remaining: u64,
     count: u64,
-    hasher: sha2::Sha256,
+    hasher: Sha256Stream,
     /// The bundle ended before `remaining` reached 0.
     ended_early: bool,
     /// The bundle reader returned an error.
