@@ -73,12 +73,19 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+impl Round {
+    /// This round's `dd` runs, MiB/s: before (if any) and after the install.
+    fn dd_runs(&self) -> Vec<f64> {
+        self.dd_before_mibps
+            .into_iter()
+            .chain([self.dd_after_mibps])
+            .collect()
+    }
+}
+
 impl Report {
     fn dd_samples(rounds: &[Round]) -> Vec<f64> {
-        rounds
-            .iter()
-            .flat_map(|r| r.dd_before_mibps.into_iter().chain([r.dd_after_mibps]))
-            .collect()
+        rounds.iter().flat_map(Round::dd_runs).collect()
     }
 
     fn new(image_bytes: u64, bundle_bytes: u64, rootfs_bytes: u64, rounds: Vec<Round>) -> Self {
@@ -107,11 +114,7 @@ impl Report {
             "commit"
         );
         for r in &self.rounds {
-            let dds: Vec<f64> = r
-                .dd_before_mibps
-                .into_iter()
-                .chain([r.dd_after_mibps])
-                .collect();
+            let dds = r.dd_runs();
             let around = dds.iter().sum::<f64>() / dds.len() as f64;
             println!(
                 "{:<6} {:>12.1} {:>11} {:>10.1} {:>8.2} {:>10} {:>8.1}s {:>8.1}s",
@@ -186,9 +189,14 @@ fn active_slot(vm: &Vm) -> Result<String> {
         .with_context(|| format!("no activeSlot in {status}"))
 }
 
-/// Writes the first `bytes` of the copy to `slot`'s partition with dd; MiB/s.
+/// The device node of root `slot` (`A` or `B`).
+fn root_partition(slot: &str) -> String {
+    format!("/dev/disk/by-state/resin-root{slot}")
+}
+
+/// Writes the copy (`bytes` long) to `slot`'s partition with dd; MiB/s.
 fn dd_write(vm: &Vm, slot: &str, bytes: u64) -> Result<f64> {
-    let part = format!("/dev/disk/by-state/resin-root{slot}");
+    let part = root_partition(slot);
     let secs = timed(
         vm,
         &format!("dd if={ROOTFS_COPY} of={part} bs=4M conv=fsync status=none"),
@@ -229,7 +237,7 @@ fn round(vm: &mut Vm, rootfs_bytes: &mut u64, first: bool) -> Result<Round> {
         .as_f64()
         .with_context(|| format!("no throughputMiBps in {done}"))?;
     // The same bytes the install wrote, copied off the partition and written back.
-    let part = format!("/dev/disk/by-state/resin-root{to}");
+    let part = root_partition(to);
     vm.run_ok(&format!(
         "dd if={part} of={ROOTFS_COPY} bs=4M iflag=count_bytes count={} conv=fsync status=none",
         *rootfs_bytes
