@@ -151,16 +151,16 @@ impl Vm {
     /// `BdsDxe: starting Boot…` and never prints a kernel line: nothing of ours has run and
     /// the disk is untouched. After [`FIRMWARE_HANG`] (scaled) of silence there, the harness
     /// says so on stderr and in `qemu.log`, and starts QEMU again on the same disks. A second
-    /// such hang is left to the caller's timeout. Returns whether it power-cycled.
-    pub(crate) fn rescue_firmware_hang(&mut self) -> Result<bool> {
-        if self.firmware_rescues > 0 {
-            return Ok(false);
+    /// such hang is left to the caller's timeout.
+    pub(crate) fn rescue_firmware_hang(&mut self) -> Result<()> {
+        if self.firmware_rescued {
+            return Ok(());
         }
         let last = self.serial.last_of_run();
         let elapsed = self.started_at.elapsed();
         let Some(line) = last.filter(|l| hung_in_firmware(l, elapsed, scaled(FIRMWARE_HANG)))
         else {
-            return Ok(false);
+            return Ok(());
         };
         let note = format!(
             "vmharness: {}: no output for {:.0} s after `{}` (QEMU run #{}): the guest hangs \
@@ -177,9 +177,8 @@ impl Vm {
             use std::io::Write;
             let _ = writeln!(f, "{note}");
         }
-        self.firmware_rescues += 1;
-        self.power_cycle()?;
-        Ok(true)
+        self.firmware_rescued = true;
+        self.power_cycle()
     }
 
     /// [`Vm::power_cut`] then [`Vm::restart`].
@@ -218,7 +217,7 @@ impl Vm {
 }
 
 /// Silence after OVMF's `BdsDxe: starting` that [`Vm::rescue_firmware_hang`] takes for a hang
-/// (before scaling). The kernel's first line normally follows in 10–40 s.
+/// (before scaling). The boot stage's first line normally follows in 5–30 s.
 pub(crate) const FIRMWARE_HANG: Duration = Duration::from_secs(180);
 
 /// Whether `last`, the last line of a QEMU run that has been going for `elapsed`, is OVMF
