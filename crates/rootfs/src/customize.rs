@@ -209,6 +209,16 @@ fn units(root: &Path) -> Result<()> {
         .arg("mask")
         .args(units::MASKED_UNITS)
         .run()?;
+    let generators = root.join("etc/systemd/system-generators");
+    std::fs::create_dir_all(&generators).map_err(|source| Error::Write {
+        path: generators.clone(),
+        source,
+    })?;
+    for name in units::MASKED_GENERATORS {
+        let path = generators.join(name);
+        let _ = std::fs::remove_file(&path);
+        symlink("/dev/null", &path).map_err(|source| Error::Write { path, source })?;
+    }
     Cmd::new("systemctl")
         .package("systemd")
         .arg(&root_arg)

@@ -256,6 +256,11 @@ fn build_in(
     let omitted = rootfs::modules::omit(&staging, &trees)?;
     let (plain, packed) = rootfs::modules::compress(&staging)?;
     rootfs::modules::reindex(&staging)?;
+    let static_nodes = rootfs::modules::write_static_nodes(&staging)?;
+    tracing::debug!(
+        "{static_nodes} on-demand device nodes in /{}",
+        rootfs::modules::STATIC_NODES
+    );
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
     tracing::info!(
         "kernel modules: {} trees the {} device type cannot use omitted ({:.1} MiB); {:.1} MiB \

@@ -21,6 +21,7 @@ use deviceconfig::render;
 use deviceconfig::store::Store;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use subprocess::Cmd;
@@ -111,6 +112,11 @@ pub struct Step {
     pub argv: Vec<String>,
     /// A failure is logged but not an error (e.g. a unit that is not running).
     pub may_fail: bool,
+    /// The daemon (process name) the step tells to re-read its files: with no such process
+    /// running, the step is skipped, as the daemon reads them when it starts. At boot the
+    /// agent's first pass comes before NetworkManager, chronyd and dnsmasq; their reloads
+    /// cost a process each (`nmcli` alone over a second under emulation) for nothing.
+    pub daemon: Option<&'static str>,
 }
 
 impl Step {
@@ -118,6 +124,7 @@ impl Step {
         Step {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             may_fail: false,
+            daemon: None,
         }
     }
 
@@ -125,6 +132,14 @@ impl Step {
         Step {
             may_fail: true,
             ..Step::new(argv)
+        }
+    }
+
+    /// A lenient step that only a running `daemon` needs (see [`Step::daemon`]).
+    fn reload(daemon: &'static str, argv: &[&str]) -> Step {
+        Step {
+            daemon: Some(daemon),
+            ..Step::lenient(argv)
         }
     }
 
@@ -370,8 +385,10 @@ fn plan_networkmanager(root: &Path, config: &Config) -> Plan {
             content: fragment,
             mode: 0o644,
         });
-        plan.steps
-            .push(Step::lenient(&["nmcli", "general", "reload", "conf"]));
+        plan.steps.push(Step::reload(
+            NETWORK_MANAGER,
+            &["nmcli", "general", "reload", "conf"],
+        ));
     }
     plan
 }
@@ -574,15 +591,18 @@ pub fn reconcile(root: &Path, dry_run: bool) -> Report {
                     if dry_run {
                         outcome.result = "planned".into();
                     } else {
-                        match execute(&plan) {
-                            Ok(()) => outcome.result = "applied".into(),
+                        match execute(root, &plan) {
+                            Ok(ran) => {
+                                outcome.result = "applied".into();
+                                report.commands += ran;
+                            }
                             Err(e) => {
                                 outcome.result = "failed".into();
                                 outcome.error = Some(format!("{e:#}"));
+                                report.commands += plan.steps.len();
                             }
                         }
                         report.writes += plan.files.len() + plan.records.len();
-                        report.commands += plan.steps.len();
                     }
                 }
             }
@@ -595,13 +615,44 @@ pub fn reconcile(root: &Path, dry_run: bool) -> Report {
     report
 }
 
-fn execute(plan: &Plan) -> Result<()> {
+/// NetworkManager's process name.
+pub const NETWORK_MANAGER: &str = "NetworkManager";
+
+/// Whether a process named `name` (its `comm`, at most 15 bytes) runs, from `root`'s `/proc`.
+fn process_running(root: &Path, name: &str) -> bool {
+    let Ok(entries) = fs::read_dir(root.join("proc")) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            && fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+    })
+}
+
+/// Applies the plan; returns the number of commands run.
+fn execute(root: &Path, plan: &Plan) -> Result<usize> {
     for op in &plan.files {
         op.apply()?;
         tracing::debug!(path = %op.path().display(), "written");
     }
+    let mut ran = 0;
     for step in &plan.steps {
         let (program, args) = step.argv.split_first().context("empty command")?;
+        if let Some(daemon) = step.daemon {
+            if !process_running(root, daemon) {
+                tracing::debug!(
+                    "{daemon} is not running (it reads its files when it starts): skipped `{}`",
+                    step.argv.join(" ")
+                );
+                continue;
+            }
+        }
+        ran += 1;
         match Cmd::new(program)
             .args(args)
             .timeout(Duration::from_secs(120))
@@ -615,7 +666,7 @@ fn execute(plan: &Plan) -> Result<()> {
     for op in &plan.records {
         op.apply()?;
     }
-    Ok(())
+    Ok(ran)
 }
 
 /// The first 16 hex digits of the sha256 of `bytes`.

@@ -33,12 +33,15 @@ pub fn plan_dns(root: &Path, config: &Config) -> Plan {
             mode: 0o644,
         });
         // --no-block: at boot, dnsmasq's start waits for this very pass.
-        plan.steps.push(Step::lenient(&[
-            "systemctl",
-            "--no-block",
-            "try-reload-or-restart",
-            render::DNSMASQ_UNIT,
-        ]));
+        plan.steps.push(Step::reload(
+            "dnsmasq",
+            &[
+                "systemctl",
+                "--no-block",
+                "try-reload-or-restart",
+                render::DNSMASQ_UNIT,
+            ],
+        ));
     }
     plan
 }
@@ -69,9 +72,9 @@ pub fn plan_ntp(root: &Path, config: &Config) -> Plan {
         }
     }
     if !plan.files.is_empty() {
-        // Fails harmlessly while chronyd is not running: it reads the files at start.
+        // Skipped while chronyd is not running: it reads the files at start.
         for argv in render::Action::ChronyReloadSources.commands() {
-            plan.steps.push(Step::lenient(&argv));
+            plan.steps.push(Step::reload("chronyd", &argv));
         }
     }
     plan

@@ -332,3 +332,38 @@ fn extra_firmware_volume_sets_and_clears_the_kernel_path() {
         }]
     );
 }
+
+#[test]
+fn reloads_run_only_while_their_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        steps: vec![Step::reload("chronyd", &["true"]), Step::new(&["true"])],
+        ..Plan::default()
+    };
+    // No /proc at all, then a /proc without the daemon: only the plain step runs.
+    assert_eq!(execute(dir.path(), &plan).unwrap(), 1);
+    let other = dir.path().join("proc/17");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("comm"), "dnsmasq\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+    std::fs::write(dir.path().join("proc/self/comm"), "chronyd\n").unwrap();
+    assert_eq!(
+        execute(dir.path(), &plan).unwrap(),
+        1,
+        "only numeric entries count"
+    );
+    let daemon = dir.path().join("proc/42");
+    std::fs::create_dir_all(&daemon).unwrap();
+    std::fs::write(daemon.join("comm"), "chronyd\n").unwrap();
+    assert_eq!(execute(dir.path(), &plan).unwrap(), 2);
+}
+
+#[test]
+fn daemon_reloads_name_their_daemon() {
+    let value = json!({"ntpServers": "10.0.0.5", "dnsServers": "10.0.0.1"});
+    let dir = root_with(&value);
+    let ntp = network::plan_ntp(dir.path(), &config_of(&value));
+    assert_eq!(ntp.steps[0].daemon, Some("chronyd"));
+    let dns = network::plan_dns(dir.path(), &config_of(&value));
+    assert_eq!(dns.steps[0].daemon, Some("dnsmasq"));
+}
