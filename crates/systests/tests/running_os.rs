@@ -158,6 +158,45 @@ fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
             "{link} -> {dev} is not on the boot disk"
         );
     }
+    // The boot stage chose the boot disk and left the other alone (no first-boot UUIDs there).
+    assert!(
+        vm.serial_contains("boot disk /dev/vda"),
+        "boot stage chose another disk"
+    );
+    let blkid = |dev: &str| out(&vm, &format!("blkid -s UUID -o value {dev}"));
+    let cmdline = out(&vm, "cat /proc/cmdline");
+    assert!(
+        cmdline.contains(&format!("root=UUID={} ", blkid("/dev/vda2"))),
+        "root must come from the boot disk: {cmdline}"
+    );
+    for part in ["/dev/vdb2", "/dev/vdb3", "/dev/vdb4", "/dev/vdb5"] {
+        let uuid = blkid(part);
+        assert!(
+            !uuid.starts_with("ba1eadef-"),
+            "the second disk must be left alone, {part} got {uuid}"
+        );
+    }
+    // /mnt/boot is mounted by the root's initramfs (from the root's disk), with the options of
+    // /etc/fstab.
+    assert!(
+        vm.serial_contains("/dev/vda1 mounted at /mnt/boot"),
+        "the root's initramfs did not mount /mnt/boot"
+    );
+    let boot_opts = out(&vm, "findmnt -n -o OPTIONS /mnt/boot");
+    for opt in [
+        "rw",
+        "nosuid",
+        "nodev",
+        "noexec",
+        "noatime",
+        "fmask=0077",
+        "dmask=0077",
+    ] {
+        assert!(
+            boot_opts.split(',').any(|o| o == opt),
+            "/mnt/boot lacks {opt}: {boot_opts}"
+        );
+    }
     let active = realpath(&vm, "/dev/disk/by-state/active");
     assert_eq!(active, realpath(&vm, "/dev/disk/by-state/resin-rootA"));
     assert_eq!(mount_source(&vm, "/mnt/sysroot/active"), active);
@@ -392,10 +431,14 @@ fn production_ssh_keys_only_and_a_broken_config_keeps_the_last_good_keys() {
         }),
     );
     let mut vm = boot("prod-ssh", &image, Some(&key));
+    assert!(
+        out(&vm, "cat /etc/os-release").contains("VARIANT=Production"),
+        "a production image"
+    );
     let port = vm.ssh_port().unwrap();
     assert!(
         logs_in(port, Login::Key(&key)),
-        "the configured key gets in"
+        "the key injected into config.json gets in"
     );
     assert!(!logs_in(port, Login::Key(&other)), "another key is refused");
     assert!(
