@@ -40,10 +40,15 @@ const OLD: &str = "0.1.0";
 const NEW: &str = "0.2.0";
 /// The good bundle's name on the server.
 const NEXT_BUNDLE: &str = "next.bundle";
-/// The health window and check interval of every install, in seconds.
-const WINDOW: u64 = 30;
-/// The health window of the install that is rebooted cleanly during it.
-const CLEAN_REBOOT_WINDOW: u64 = 90;
+/// The health window of every install, in seconds: it starts with the health service, a few
+/// seconds before SSH answers, and nothing a test checks between SSH answering and the commit
+/// depends on the update still being on trial (the commit is waited for), so it only has to
+/// leave the checks time to run.
+const WINDOW: u64 = 20;
+/// The health window of the install that is rebooted cleanly during it: it must outlast SSH
+/// answering, two commands and the shutdown (about 10 s here, 45 s leaves room for a host
+/// four times slower); after the reboot the device waits for all of it again.
+const CLEAN_REBOOT_WINDOW: u64 = 45;
 const INTERVAL: u64 = 5;
 /// A shell condition: no rollback breadcrumb is left.
 const NO_BREADCRUMBS: &str = "! ls /mnt/state/rollback-*-breadcrumb >/dev/null 2>&1";
