@@ -11,8 +11,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ pub struct Source {
 
 enum Body {
     File(BufReader<File>),
-    Http(Prefetch),
+    Http(Box<Download>),
 }
 
 impl Source {
@@ -231,7 +231,7 @@ fn open_url(url: &str, options: &SourceOptions) -> Result<Source> {
     Ok(Source {
         what: url.to_owned(),
         progress,
-        body: Body::Http(Prefetch::start(Box::new(download))),
+        body: Body::Http(Box::new(download)),
     })
 }
 
@@ -347,134 +347,6 @@ struct Download {
     /// Set once the download has failed for good; repeated on every later read.
     failed: Option<String>,
     progress: Progress,
-}
-
-/// A download thread reads the body ahead of the installer, in blocks of this size…
-const PREFETCH_BLOCK: usize = 256 * 1024;
-/// …at most this many blocks ahead (2 MiB).
-const PREFETCH_QUEUE: usize = 8;
-
-/// A [`Download`] read on a thread of its own, up to [`PREFETCH_QUEUE`] blocks ahead of the
-/// reader: receiving (over HTTPS also decrypting) runs beside the decompression instead of
-/// between its reads: on a device with two cores, the thread that decompressed the bundle
-/// also received it over the network (see docs/updates.md for the figures). Errors arrive in
-/// order after the bytes read before them, and a failure is repeated on every later read, as
-/// [`Download`] does. Without a thread (none could be started) the download is read inline.
-enum Prefetch {
-    Thread(Ahead),
-    Inline(Box<Download>),
-}
-
-/// The reader's side of the download thread.
-struct Ahead {
-    blocks: mpsc::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    pos: usize,
-    ended: bool,
-    failed: Option<(io::ErrorKind, String)>,
-}
-
-impl Prefetch {
-    fn start(download: Box<Download>) -> Prefetch {
-        // The download is handed over once the thread runs, so that it stays ours when no
-        // thread can be started.
-        let (hand, handed) = mpsc::sync_channel::<Box<Download>>(1);
-        let (ahead, blocks) = mpsc::sync_channel(PREFETCH_QUEUE);
-        let spawned = thread::Builder::new()
-            .name("download".into())
-            .spawn(move || {
-                if let Ok(mut download) = handed.recv() {
-                    prefetch(&mut download, &ahead);
-                }
-            });
-        match spawned {
-            Ok(_) => {
-                // The thread only drops `handed` once it has received.
-                let _ = hand.send(download);
-                Prefetch::Thread(Ahead {
-                    blocks,
-                    current: Vec::new(),
-                    pos: 0,
-                    ended: false,
-                    failed: None,
-                })
-            }
-            Err(_) => Prefetch::Inline(download),
-        }
-    }
-}
-
-/// The download thread: reads `download` into blocks and queues them, then an empty block at
-/// the end or the error that stopped it. Returns early once the reader is gone.
-fn prefetch(download: &mut Download, ahead: &mpsc::SyncSender<io::Result<Vec<u8>>>) {
-    loop {
-        let mut block = vec![0; PREFETCH_BLOCK];
-        let mut filled = 0;
-        let stop = loop {
-            match download.read(&mut block[filled..]) {
-                Ok(0) => break Some(Ok(Vec::new())),
-                Ok(n) => {
-                    filled += n;
-                    if filled == block.len() {
-                        break None;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(Err(e)),
-            }
-        };
-        block.truncate(filled);
-        if filled > 0 && ahead.send(Ok(block)).is_err() {
-            return;
-        }
-        if let Some(last) = stop {
-            let _ = ahead.send(last);
-            return;
-        }
-    }
-}
-
-impl Read for Prefetch {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Prefetch::Thread(ahead) => ahead.read(buf),
-            Prefetch::Inline(download) => download.read(buf),
-        }
-    }
-}
-
-impl Read for Ahead {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some((kind, message)) = &self.failed {
-            return Err(io::Error::new(*kind, message.clone()));
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        while self.pos == self.current.len() {
-            if self.ended {
-                return Ok(0);
-            }
-            let block = self.blocks.recv().unwrap_or_else(|_| {
-                Err(io::Error::other("the download thread stopped unexpectedly"))
-            });
-            match block {
-                Ok(block) if block.is_empty() => self.ended = true,
-                Ok(block) => {
-                    self.current = block;
-                    self.pos = 0;
-                }
-                Err(e) => {
-                    self.failed = Some((e.kind(), e.to_string()));
-                    return Err(e);
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// What a failed resume attempt means.
