@@ -145,13 +145,17 @@ impl Vm {
         self.launch()
     }
 
-    /// Power-cycles a guest that hangs between the firmware and the kernel, once per VM.
+    /// Power-cycles a guest that hangs between the firmware and the kernel, or in a kernel's
+    /// first seconds, once per VM.
     ///
     /// Under TCG (`-cpu max`, two vCPUs) a boot now and then stops right after OVMF's
     /// `BdsDxe: starting Boot…` and never prints a kernel line: nothing of ours has run and
-    /// the disk is untouched. After [`FIRMWARE_HANG`] (scaled) of silence there, the harness
-    /// says so on stderr and in `qemu.log`, and starts QEMU again on the same disks. A second
-    /// such hang is left to the caller's timeout.
+    /// the disk is untouched. Once (CI of 2026-11-26) a kexec'd root kernel stopped the same
+    /// way 1.2 s into its start (`[    1.159679] IP idents hash table entries…`, then
+    /// nothing): early kernel start-up prints without pause, so silence there is a hang too.
+    /// After [`FIRMWARE_HANG`] (scaled) of silence at either place, the harness says so on
+    /// stderr and in `qemu.log`, and starts QEMU again on the same disks. A second such hang
+    /// is left to the caller's timeout.
     pub(crate) fn rescue_firmware_hang(&mut self) -> Result<()> {
         if self.firmware_rescued {
             return Ok(());
@@ -164,7 +168,7 @@ impl Vm {
         };
         let note = format!(
             "vmharness: {}: no output for {:.0} s after `{}` (QEMU run #{}): the guest hangs \
-             before its kernel; power-cycling it once",
+             before its kernel or early in its kernel's start; power-cycling it once",
             self.config.name,
             (elapsed - line.at).as_secs_f64(),
             line.text.trim(),
@@ -220,10 +224,31 @@ impl Vm {
 /// (before scaling). The boot stage's first line normally follows in 5–30 s.
 pub(crate) const FIRMWARE_HANG: Duration = Duration::from_secs(180);
 
+/// A kernel message stamped before this many seconds is from the kernel's early start-up,
+/// which prints without pause until user space starts.
+const EARLY_KERNEL_SECS: f64 = 10.0;
+
 /// Whether `last`, the last line of a QEMU run that has been going for `elapsed`, is OVMF
-/// starting a boot option followed by at least `limit` of silence. Pure.
+/// starting a boot option, or a kernel message of its first [`EARLY_KERNEL_SECS`], followed
+/// by at least `limit` of silence. Pure.
 fn hung_in_firmware(last: &SerialLine, elapsed: Duration, limit: Duration) -> bool {
-    last.text.contains("BdsDxe: starting") && elapsed.saturating_sub(last.at) >= limit
+    (last.text.contains("BdsDxe: starting") || early_kernel_line(&last.text))
+        && elapsed.saturating_sub(last.at) >= limit
+}
+
+/// Whether `text` is a kernel message (`[    1.159679] …`) stamped before
+/// [`EARLY_KERNEL_SECS`]. Pure.
+fn early_kernel_line(text: &str) -> bool {
+    let Some(rest) = text.trim_start().strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, _)) = rest.split_once(']') else {
+        return false;
+    };
+    stamp
+        .trim()
+        .parse::<f64>()
+        .is_ok_and(|secs| secs < EARLY_KERNEL_SECS)
 }
 
 #[cfg(test)]
@@ -239,7 +264,7 @@ mod firmware_hang_tests {
     }
 
     #[test]
-    fn only_silence_after_bdsdxe_starting_is_a_firmware_hang() {
+    fn only_silence_after_bdsdxe_starting_or_early_kernel_lines_is_a_hang() {
         let limit = Duration::from_secs(180);
         let bds = line(
             "BdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)",
@@ -248,11 +273,22 @@ mod firmware_hang_tests {
         assert!(hung_in_firmware(&bds, Duration::from_secs(184), limit));
         assert!(hung_in_firmware(&bds, Duration::from_secs(600), limit));
         assert!(!hung_in_firmware(&bds, Duration::from_secs(183), limit));
-        // A kernel line after it: booting, however slowly.
-        let kernel = line("[    0.000000] Linux version 6.1.0-27-amd64", 16);
-        assert!(!hung_in_firmware(&kernel, Duration::from_secs(600), limit));
+        // A kernel stopped in its early start-up (seen after a kexec): the same.
+        let early = line("[    1.159679] IP idents hash table entries: 16384", 244);
+        assert!(hung_in_firmware(&early, Duration::from_secs(424), limit));
+        assert!(!hung_in_firmware(&early, Duration::from_secs(423), limit));
+        let banner = line("[    0.000000] Linux version 6.1.0-27-amd64", 16);
+        assert!(hung_in_firmware(&banner, Duration::from_secs(600), limit));
+        // Later kernel messages can be followed by silence (a reboot, a guest left idle).
+        let late = line("[   33.282719] reboot: machine restart", 125);
+        assert!(!hung_in_firmware(&late, Duration::from_secs(900), limit));
         // A guest that stopped printing later on (e.g. at a login prompt) is not this.
         let login = line("balena login: ", 40);
         assert!(!hung_in_firmware(&login, Duration::from_secs(900), limit));
+        let stage = line("baleen-boot: [    2.80] started, baleen 0.1.0", 10);
+        assert!(!hung_in_firmware(&stage, Duration::from_secs(900), limit));
+        for text in ["[", "[ x.5] y", "[   1.0 no bracket", "  [   12.5] late"] {
+            assert!(!early_kernel_line(text), "{text:?}");
+        }
     }
 }
