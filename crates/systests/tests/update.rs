@@ -643,10 +643,13 @@ fn edit_root(vm: &Vm, slot: Slot, script: &str) {
 
 /// Reboots into the staged update and waits until the device, rolled back, runs `OLD` again
 /// with `trigger` (a file under /mnt/state) present, breadcrumbs gone and bootenv repaired.
-fn reboot_and_wait_for_rollback(vm: &Vm, trigger: &str) {
+fn reboot_and_wait_for_rollback(vm: &mut Vm, trigger: &str) {
     let before = vm.boot_id().unwrap();
     let started = Instant::now();
     let _ = vm.run_timeout("reboot", Duration::from_secs(60));
+    // The next boot that answers SSH (the harness power-cycles a guest that hangs on the way,
+    // once), then the rollback's traces.
+    vm.wait_for_new_boot(&before, ROLLBACK_WAIT).unwrap();
     let took = wait_until(
         vm,
         &format!(
@@ -788,7 +791,7 @@ fn broken_health_check_rolls_back() {
            >usr/lib/baleen/health.d/50-broken; \
          chmod 755 usr/lib/baleen/health.d/50-broken",
     );
-    reboot_and_wait_for_rollback(&rig.vm, "rollback-health-triggered");
+    reboot_and_wait_for_rollback(&mut rig.vm, "rollback-health-triggered");
     assert!(
         rig.vm.serial_contains("kexec into slot B"),
         "the update was never booted"
@@ -832,7 +835,7 @@ fn broken_health_check_rolls_back() {
 
 #[test]
 fn unbootable_root_falls_back() {
-    let rig = Rig::start("update-altboot", Faults::default(), &[]);
+    let mut rig = Rig::start("update-altboot", Faults::default(), &[]);
     install_on_a_tty_from_a_local_file(&rig);
     // Debian's merged /usr: /sbin/init is usr/sbin/init, a link to systemd.
     edit_root(
@@ -840,7 +843,7 @@ fn unbootable_root_falls_back() {
         Slot::B,
         "rm usr/sbin/init; test ! -e usr/sbin/init",
     );
-    reboot_and_wait_for_rollback(&rig.vm, "rollback-altboot-triggered");
+    reboot_and_wait_for_rollback(&mut rig.vm, "rollback-altboot-triggered");
     assert_eq!(
         bootenv_of(&rig.vm),
         BootEnv {
