@@ -277,3 +277,21 @@ pub fn json_holds(command: &str, filter: &str) -> String {
         vmharness::shell_quote(&format!("input | {filter}"))
     )
 }
+
+/// The filesystem UUID of the guest's block device `dev` (`blkid`).
+pub fn blkid_uuid(vm: &vmharness::Vm, dev: &str) -> String {
+    vm.run_ok(&format!("blkid -s UUID -o value {dev}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The `root=UUID=` of the guest's kernel command line.
+pub fn cmdline_root_uuid(vm: &vmharness::Vm) -> String {
+    let cmdline = vm.run_ok("cat /proc/cmdline").unwrap();
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("root=UUID="))
+        .unwrap_or_else(|| panic!("no root=UUID= in /proc/cmdline: {cmdline}"))
+        .to_string()
+}

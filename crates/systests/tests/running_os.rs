@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use systests::Scratch;
 use systests::lan::{Avahi, AvahiConfig};
+use systests::{Scratch, blkid_uuid, cmdline_root_uuid};
 use vmharness::Vm;
 
 const SSH_WAIT: Duration = Duration::from_secs(600);
@@ -163,14 +163,13 @@ fn mounts_by_state_persistence_logs_zram_and_safe_reboot() {
         vm.serial_contains("boot disk /dev/vda"),
         "boot stage chose another disk"
     );
-    let blkid = |dev: &str| out(&vm, &format!("blkid -s UUID -o value {dev}"));
-    let cmdline = out(&vm, "cat /proc/cmdline");
-    assert!(
-        cmdline.contains(&format!("root=UUID={} ", blkid("/dev/vda2"))),
-        "root must come from the boot disk: {cmdline}"
+    assert_eq!(
+        cmdline_root_uuid(&vm),
+        blkid_uuid(&vm, "/dev/vda2"),
+        "root must come from the boot disk"
     );
     for part in ["/dev/vdb2", "/dev/vdb3", "/dev/vdb4", "/dev/vdb5"] {
-        let uuid = blkid(part);
+        let uuid = blkid_uuid(&vm, part);
         assert!(
             !uuid.starts_with("ba1eadef-"),
             "the second disk must be left alone, {part} got {uuid}"

@@ -10,25 +10,9 @@ const SSH_WAIT: Duration = Duration::from_secs(600);
 /// How long a boot-time unit gets to finish after SSH answers.
 const UNIT_WAIT: Duration = Duration::from_secs(300);
 
-use systests::Scratch;
+use systests::{Scratch, blkid_uuid, cmdline_root_uuid};
 
 /// The UUID the kernel was told to mount as root.
-fn cmdline_root_uuid(vm: &Vm) -> String {
-    let cmdline = vm.run_ok("cat /proc/cmdline").unwrap();
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("root=UUID="))
-        .unwrap_or_else(|| panic!("no root=UUID= in /proc/cmdline: {cmdline}"))
-        .to_string()
-}
-
-fn blkid_uuid(vm: &Vm, dev: &str) -> String {
-    vm.run_ok(&format!("blkid -s UUID -o value {dev}"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// Rewrites bootenv in a (copied) image's boot partition before it boots.
 fn set_bootenv(image: &Path, slot: bootenv::Slot, upgrade_available: bool, bootcount: u32) {
     let mut disk = diskimage::Disk::open_rw(image).unwrap();
