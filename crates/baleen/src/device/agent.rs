@@ -386,7 +386,7 @@ fn plan_networkmanager(root: &Path, config: &Config) -> Plan {
             mode: 0o644,
         });
         plan.steps.push(Step::reload(
-            NETWORK_MANAGER,
+            "NetworkManager",
             &["nmcli", "general", "reload", "conf"],
         ));
     }
@@ -614,9 +614,6 @@ pub fn reconcile(root: &Path, dry_run: bool) -> Report {
     }
     report
 }
-
-/// NetworkManager's process name.
-pub const NETWORK_MANAGER: &str = "NetworkManager";
 
 /// Whether a process named `name` (its `comm`, at most 15 bytes) runs, from `root`'s `/proc`.
 fn process_running(root: &Path, name: &str) -> bool {
