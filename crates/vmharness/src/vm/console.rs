@@ -153,17 +153,16 @@ impl Vm {
     /// the disk is untouched. Once (CI of 2026-11-26) a kexec'd root kernel stopped the same
     /// way 1.2 s into its start (`[    1.159679] IP idents hash table entries…`, then
     /// nothing): early kernel start-up prints without pause, so silence there is a hang too.
-    /// After [`FIRMWARE_HANG`] (scaled) of silence at either place, the harness says so on
+    /// After [`BOOT_HANG`] (scaled) of silence at either place, the harness says so on
     /// stderr and in `qemu.log`, and starts QEMU again on the same disks. A second such hang
     /// is left to the caller's timeout.
-    pub(crate) fn rescue_firmware_hang(&mut self) -> Result<()> {
-        if self.firmware_rescued {
+    pub(crate) fn rescue_boot_hang(&mut self) -> Result<()> {
+        if self.boot_hang_rescued {
             return Ok(());
         }
         let last = self.serial.last_of_run();
         let elapsed = self.started_at.elapsed();
-        let Some(line) = last.filter(|l| hung_in_firmware(l, elapsed, scaled(FIRMWARE_HANG)))
-        else {
+        let Some(line) = last.filter(|l| hung_early_in_boot(l, elapsed, scaled(BOOT_HANG))) else {
             return Ok(());
         };
         let note = format!(
@@ -181,7 +180,7 @@ impl Vm {
             use std::io::Write;
             let _ = writeln!(f, "{note}");
         }
-        self.firmware_rescued = true;
+        self.boot_hang_rescued = true;
         self.power_cycle()
     }
 
@@ -220,9 +219,10 @@ impl Vm {
     }
 }
 
-/// Silence after OVMF's `BdsDxe: starting` that [`Vm::rescue_firmware_hang`] takes for a hang
-/// (before scaling). The boot stage's first line normally follows in 5–30 s.
-pub(crate) const FIRMWARE_HANG: Duration = Duration::from_secs(180);
+/// Silence after OVMF's `BdsDxe: starting`, or after an early kernel message, that
+/// [`Vm::rescue_boot_hang`] takes for a hang (before scaling). The boot stage's first line
+/// normally follows `BdsDxe` in 5–30 s, and an early kernel message the next in well under 1 s.
+pub(crate) const BOOT_HANG: Duration = Duration::from_secs(180);
 
 /// A kernel message stamped before this many seconds is from the kernel's early start-up,
 /// which prints without pause until user space starts.
@@ -231,7 +231,7 @@ const EARLY_KERNEL_SECS: f64 = 10.0;
 /// Whether `last`, the last line of a QEMU run that has been going for `elapsed`, is OVMF
 /// starting a boot option, or a kernel message of its first [`EARLY_KERNEL_SECS`], followed
 /// by at least `limit` of silence. Pure.
-fn hung_in_firmware(last: &SerialLine, elapsed: Duration, limit: Duration) -> bool {
+fn hung_early_in_boot(last: &SerialLine, elapsed: Duration, limit: Duration) -> bool {
     (last.text.contains("BdsDxe: starting") || early_kernel_line(&last.text))
         && elapsed.saturating_sub(last.at) >= limit
 }
@@ -252,7 +252,7 @@ fn early_kernel_line(text: &str) -> bool {
 }
 
 #[cfg(test)]
-mod firmware_hang_tests {
+mod boot_hang_tests {
     use super::*;
 
     fn line(text: &str, at: u64) -> SerialLine {
@@ -270,23 +270,23 @@ mod firmware_hang_tests {
             "BdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)",
             4,
         );
-        assert!(hung_in_firmware(&bds, Duration::from_secs(184), limit));
-        assert!(hung_in_firmware(&bds, Duration::from_secs(600), limit));
-        assert!(!hung_in_firmware(&bds, Duration::from_secs(183), limit));
+        assert!(hung_early_in_boot(&bds, Duration::from_secs(184), limit));
+        assert!(hung_early_in_boot(&bds, Duration::from_secs(600), limit));
+        assert!(!hung_early_in_boot(&bds, Duration::from_secs(183), limit));
         // A kernel stopped in its early start-up (seen after a kexec): the same.
         let early = line("[    1.159679] IP idents hash table entries: 16384", 244);
-        assert!(hung_in_firmware(&early, Duration::from_secs(424), limit));
-        assert!(!hung_in_firmware(&early, Duration::from_secs(423), limit));
+        assert!(hung_early_in_boot(&early, Duration::from_secs(424), limit));
+        assert!(!hung_early_in_boot(&early, Duration::from_secs(423), limit));
         let banner = line("[    0.000000] Linux version 6.1.0-27-amd64", 16);
-        assert!(hung_in_firmware(&banner, Duration::from_secs(600), limit));
+        assert!(hung_early_in_boot(&banner, Duration::from_secs(600), limit));
         // Later kernel messages can be followed by silence (a reboot, a guest left idle).
         let late = line("[   33.282719] reboot: machine restart", 125);
-        assert!(!hung_in_firmware(&late, Duration::from_secs(900), limit));
+        assert!(!hung_early_in_boot(&late, Duration::from_secs(900), limit));
         // A guest that stopped printing later on (e.g. at a login prompt) is not this.
         let login = line("balena login: ", 40);
-        assert!(!hung_in_firmware(&login, Duration::from_secs(900), limit));
+        assert!(!hung_early_in_boot(&login, Duration::from_secs(900), limit));
         let stage = line("baleen-boot: [    2.80] started, baleen 0.1.0", 10);
-        assert!(!hung_in_firmware(&stage, Duration::from_secs(900), limit));
+        assert!(!hung_early_in_boot(&stage, Duration::from_secs(900), limit));
         for text in ["[", "[ x.5] y", "[   1.0 no bracket", "  [   12.5] late"] {
             assert!(!early_kernel_line(text), "{text:?}");
         }

@@ -45,7 +45,7 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive(&format!("waiting for SSH on {}", self.ssh.target()))?;
-            self.rescue_firmware_hang()?;
+            self.rescue_boot_hang()?;
             // With user networking QEMU accepts the forwarded connection
             // before the guest can answer, and an ssh attempt then hangs for
             // its whole timeout: wait for sshd's banner first, in short steps,
@@ -172,7 +172,7 @@ impl Vm {
         let deadline = t0 + timeout;
         loop {
             self.check_alive("waiting for the guest to reboot")?;
-            self.rescue_firmware_hang()?;
+            self.rescue_boot_hang()?;
             // As in `wait_for_ssh`: no ssh attempt (which would hang) before sshd's banner.
             if let Some(port) = self.ssh_port() {
                 if !banner_seen(port) && Instant::now() < deadline {

@@ -42,8 +42,8 @@ pub struct Vm {
     started_at: Instant,
     /// Number of QEMU starts so far, minus one.
     run: u32,
-    /// [`Vm::rescue_firmware_hang`] has power-cycled this VM.
-    firmware_rescued: bool,
+    /// [`Vm::rescue_boot_hang`] has power-cycled this VM.
+    boot_hang_rescued: bool,
     passed: bool,
     socket_dir: Option<PathBuf>,
 }

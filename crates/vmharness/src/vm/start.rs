@@ -97,7 +97,7 @@ impl VmConfig {
             qmp: None,
             started_at: Instant::now(),
             run: 0,
-            firmware_rescued: false,
+            boot_hang_rescued: false,
             passed: false,
             socket_dir,
         };
