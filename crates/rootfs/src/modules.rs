@@ -142,7 +142,6 @@ pub const STATIC_NODES: &str = "usr/lib/tmpfiles.d/static-nodes.conf";
 /// boot, 0.9 s under emulation). Returns the number of nodes.
 pub fn write_static_nodes(root: &Path) -> Result<usize> {
     let mut lines: Vec<String> = Vec::new();
-    let mut nodes = 0;
     for version in kernel_versions(root)? {
         let path = root
             .join("usr/lib/modules")
@@ -155,11 +154,11 @@ pub fn write_static_nodes(root: &Path) -> Result<usize> {
         };
         for line in static_node_lines(&text) {
             if !lines.contains(&line) {
-                nodes += usize::from(!line.starts_with("d "));
                 lines.push(line);
             }
         }
     }
+    let nodes = lines.iter().filter(|l| !l.starts_with("d ")).count();
     let mut text = String::from(
         "# Written by baleen's build from modules.devname (as `kmod static-nodes` would be at \
          boot).\n",
