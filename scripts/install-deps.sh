@@ -21,7 +21,7 @@ PACKAGES=(
 
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "ok installed" >/dev/null || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
@@ -48,7 +48,7 @@ fi
 rust_ok() {
   command -v cargo >/dev/null 2>&1 || return 1
   local v; v=$(rustc --version | awk '{print $2}')
-  [ "$(printf '%s\n1.85.0\n' "$v" | sort -V | head -1)" = "1.85.0" ]
+  [ "$(printf '%s\n1.85.0\n' "$v" | sort -V | sed -n 1p)" = "1.85.0" ]
 }
 if ! rust_ok; then
   for dir in "$HOME/.cargo/bin" /usr/local/cargo/bin; do

@@ -39,7 +39,8 @@ alone=(update-power-cut)
 # Every suite in crates/systests/tests must be some job's `--test`.
 for suite in crates/systests/tests/*.rs; do
     suite=$(basename "$suite" .rs)
-    if ! printf '%s\n' "${jobs[@]}" | grep -q -- "--test $suite\b"; then
+    # grep without -q reads all its input: with pipefail, an early exit could kill printf (141).
+    if ! printf '%s\n' "${jobs[@]}" | grep -- "--test $suite\b" >/dev/null; then
         echo "scripts/systests.sh: suite $suite is in no job; add it to the jobs list" >&2
         exit 1
     fi
@@ -134,9 +135,12 @@ for _ in $(seq "$workers"); do
 done
 wait
 
+# `sed -n 1,15p`, not `head`: head stops reading after 15 lines, and when sort's output is more
+# than one pipe write (over 4 KiB: 72 tests) its next write dies of SIGPIPE, which pipefail turns
+# into the script's exit status (141, a CI run lost on 2026-11-26 after every job had passed).
 echo "slowest tests:"
 cat "$out"/*.log | sed -n 's/^test \(.*\) \.\.\. \(.*\) (\([0-9]*\) s)$/\3 s  \1 (\2)/p' |
-    sort -rn | head -n 15
+    sort -rn | sed -n 1,15p
 
 ended=$(cat "$out/ended" 2>/dev/null | wc -l)
 if [ "$ended" != "${#jobs[@]}" ]; then
