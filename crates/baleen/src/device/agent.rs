@@ -591,18 +591,16 @@ pub fn reconcile(root: &Path, dry_run: bool) -> Report {
                     if dry_run {
                         outcome.result = "planned".into();
                     } else {
-                        match execute(root, &plan) {
-                            Ok(ran) => {
-                                outcome.result = "applied".into();
-                                report.commands += ran;
-                            }
+                        let mut done = Done::default();
+                        match execute(root, &plan, &mut done) {
+                            Ok(()) => outcome.result = "applied".into(),
                             Err(e) => {
                                 outcome.result = "failed".into();
                                 outcome.error = Some(format!("{e:#}"));
-                                report.commands += plan.steps.len();
                             }
                         }
-                        report.writes += plan.files.len() + plan.records.len();
+                        report.writes += done.writes;
+                        report.commands += done.commands;
                     }
                 }
             }
@@ -631,13 +629,22 @@ fn process_running(root: &Path, name: &str) -> bool {
     })
 }
 
-/// Applies the plan; returns the number of commands run.
-fn execute(root: &Path, plan: &Plan) -> Result<usize> {
+/// What [`execute`] did, counted as it goes: also what it did before an error stopped it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Done {
+    /// Files written (records included).
+    writes: usize,
+    /// Commands run, whether or not they succeeded.
+    commands: usize,
+}
+
+/// Applies the plan, counting into `done`.
+fn execute(root: &Path, plan: &Plan, done: &mut Done) -> Result<()> {
     for op in &plan.files {
         op.apply()?;
+        done.writes += 1;
         tracing::debug!(path = %op.path().display(), "written");
     }
-    let mut ran = 0;
     for step in &plan.steps {
         let (program, args) = step.argv.split_first().context("empty command")?;
         if let Some(daemon) = step.daemon {
@@ -649,7 +656,7 @@ fn execute(root: &Path, plan: &Plan) -> Result<usize> {
                 continue;
             }
         }
-        ran += 1;
+        done.commands += 1;
         match Cmd::new(program)
             .args(args)
             .timeout(Duration::from_secs(120))
@@ -662,8 +669,9 @@ fn execute(root: &Path, plan: &Plan) -> Result<usize> {
     }
     for op in &plan.records {
         op.apply()?;
+        done.writes += 1;
     }
-    Ok(ran)
+    Ok(())
 }
 
 /// The first 16 hex digits of the sha256 of `bytes`.

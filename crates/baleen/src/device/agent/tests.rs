@@ -340,22 +340,58 @@ fn reloads_run_only_while_their_daemon_runs() {
         steps: vec![Step::reload("chronyd", &["true"]), Step::new(&["true"])],
         ..Plan::default()
     };
+    let commands = |plan: &Plan| {
+        let mut done = Done::default();
+        execute(dir.path(), plan, &mut done).unwrap();
+        done.commands
+    };
     // No /proc at all, then a /proc without the daemon: only the plain step runs.
-    assert_eq!(execute(dir.path(), &plan).unwrap(), 1);
+    assert_eq!(commands(&plan), 1);
     let other = dir.path().join("proc/17");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("comm"), "dnsmasq\n").unwrap();
     std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
     std::fs::write(dir.path().join("proc/self/comm"), "chronyd\n").unwrap();
-    assert_eq!(
-        execute(dir.path(), &plan).unwrap(),
-        1,
-        "only numeric entries count"
-    );
+    assert_eq!(commands(&plan), 1, "only numeric entries count");
     let daemon = dir.path().join("proc/42");
     std::fs::create_dir_all(&daemon).unwrap();
     std::fs::write(daemon.join("comm"), "chronyd\n").unwrap();
-    assert_eq!(execute(dir.path(), &plan).unwrap(), 2);
+    assert_eq!(commands(&plan), 2);
+}
+
+#[test]
+fn a_plan_that_fails_part_way_counts_only_what_it_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = dir.path().join("written");
+    let plan = Plan {
+        files: vec![FileOp::WriteInPlace {
+            path: written.clone(),
+            content: "x".into(),
+        }],
+        steps: vec![
+            Step::lenient(&["false"]),
+            Step::new(&["false"]),
+            Step::new(&["true"]),
+        ],
+        records: vec![FileOp::WriteInPlace {
+            path: dir.path().join("record"),
+            content: "y".into(),
+        }],
+        ..Plan::default()
+    };
+    let mut done = Done::default();
+    assert!(execute(dir.path(), &plan, &mut done).is_err());
+    // The file, the lenient failure and the failing command; not the last command nor the
+    // record.
+    assert_eq!(
+        done,
+        Done {
+            writes: 1,
+            commands: 2
+        }
+    );
+    assert!(written.exists());
+    assert!(!dir.path().join("record").exists());
 }
 
 #[test]
