@@ -17,9 +17,12 @@ pub const MAX_WINDOW_LOG: u32 = 24;
 const CHUNK: usize = 1 << 20;
 /// Chunks in flight to the hashing thread.
 const HASH_QUEUE: usize = 4;
-/// Reads of the compressed stream (up to zstd's input buffer, 128 KiB) in flight to its
-/// hashing thread.
-const COMPRESSED_HASH_QUEUE: usize = 16;
+/// Bytes of the compressed stream gathered before they go to its hashing thread together:
+/// reads come in pieces of a TLS record (16 KiB) or less, and waking the thread for each cost
+/// more than hashing them.
+const COMPRESSED_HASH_BATCH: usize = 256 * 1024;
+/// Batches in flight to the compressed stream's hashing thread.
+const COMPRESSED_HASH_QUEUE: usize = 8;
 
 /// An opened bundle whose manifest is verified; its payloads are still to be read.
 ///
@@ -534,7 +537,11 @@ impl<R: Read> Read for PayloadReader<'_, R> {
 enum Sha256Stream {
     Inline(sha2::Sha256),
     Background {
+        /// Bytes not sent yet: they go as one batch of [`COMPRESSED_HASH_BATCH`].
+        pending: Vec<u8>,
         chunks: mpsc::SyncSender<Vec<u8>>,
+        /// Batches the worker hashed, handed back to be filled again.
+        spare: mpsc::Receiver<Vec<u8>>,
         worker: std::thread::JoinHandle<sha2::Sha256>,
     },
 }
@@ -543,17 +550,25 @@ impl Sha256Stream {
     /// Hashing on a new thread; inline if no thread can be started.
     fn background() -> Self {
         let (chunks, queue) = mpsc::sync_channel::<Vec<u8>>(COMPRESSED_HASH_QUEUE);
+        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
         let spawned = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
                 let mut hasher = sha2::Sha256::new();
                 for chunk in queue {
                     hasher.update(&chunk);
+                    // Once the stream is done with, nobody takes batches back.
+                    let _ = give_back.send(chunk);
                 }
                 hasher
             });
         match spawned {
-            Ok(worker) => Sha256Stream::Background { chunks, worker },
+            Ok(worker) => Sha256Stream::Background {
+                pending: Vec::with_capacity(COMPRESSED_HASH_BATCH),
+                chunks,
+                spare,
+                worker,
+            },
             Err(_) => Sha256Stream::Inline(sha2::Sha256::new()),
         }
     }
@@ -561,10 +576,25 @@ impl Sha256Stream {
     fn update(&mut self, data: &[u8]) {
         match self {
             Sha256Stream::Inline(hasher) => hasher.update(data),
-            Sha256Stream::Background { chunks, .. } => {
-                // The worker only stops when `chunks` is dropped (or if it panicked, which
-                // `into_hasher` reports).
-                let _ = chunks.send(data.to_vec());
+            Sha256Stream::Background {
+                pending,
+                chunks,
+                spare,
+                ..
+            } => {
+                pending.extend_from_slice(data);
+                if pending.len() >= COMPRESSED_HASH_BATCH {
+                    let next = match spare.try_recv() {
+                        Ok(mut used) => {
+                            used.clear();
+                            used
+                        }
+                        Err(_) => Vec::with_capacity(COMPRESSED_HASH_BATCH),
+                    };
+                    // The worker only stops when `chunks` is dropped (or if it panicked, which
+                    // `into_hasher` reports).
+                    let _ = chunks.send(std::mem::replace(pending, next));
+                }
             }
         }
     }
@@ -573,7 +603,15 @@ impl Sha256Stream {
     fn into_hasher(self) -> sha2::Sha256 {
         match self {
             Sha256Stream::Inline(hasher) => hasher,
-            Sha256Stream::Background { chunks, worker } => {
+            Sha256Stream::Background {
+                pending,
+                chunks,
+                worker,
+                ..
+            } => {
+                if !pending.is_empty() {
+                    let _ = chunks.send(pending);
+                }
                 drop(chunks);
                 worker.join().expect("the SHA-256 thread panicked")
             }
@@ -678,4 +716,31 @@ fn read_section(reader: &mut impl Read, len: u32, section: &'static str) -> Resu
         });
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_background_hash_equals_the_inline_one_whatever_the_pieces() {
+        // Several batches, reused ones, and a remainder; pieces of odd sizes.
+        let data: Vec<u8> = (0..COMPRESSED_HASH_BATCH * 5 + 12_345)
+            .map(|i| (i * 7 + i / 4099) as u8)
+            .collect();
+        for piece in [1, 16 * 1024 - 3, COMPRESSED_HASH_BATCH + 1, data.len()] {
+            let mut stream = Sha256Stream::background();
+            assert!(matches!(stream, Sha256Stream::Background { .. }));
+            for part in data.chunks(piece) {
+                stream.update(part);
+            }
+            assert_eq!(
+                stream.into_hasher().finalize(),
+                sha2::Sha256::digest(&data),
+                "pieces of {piece} bytes"
+            );
+        }
+        let empty = Sha256Stream::background().into_hasher().finalize();
+        assert_eq!(empty, sha2::Sha256::digest(b""));
+    }
 }
