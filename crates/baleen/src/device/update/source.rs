@@ -17,9 +17,9 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::{RootCertStore, SupportedCipherSuite};
 
 /// The device's CA bundle.
 pub const DEFAULT_TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -191,7 +191,10 @@ fn open_url(url: &str, options: &SourceOptions) -> Result<Source> {
         .timeout_connect(options.timeout)
         .timeout_read(options.timeout)
         .timeout_write(options.timeout)
-        .tls_config(tls_config(url, &options.trust_bundle)?)
+        .tls_connector(Arc::new(ReadAheadTls(tls_config(
+            url,
+            &options.trust_bundle,
+        )?)))
         .build();
     let response = match call(agent.get(url)) {
         Ok(response) if response.status() == 200 => response,
@@ -247,14 +250,109 @@ fn tls_config(url: &str, bundle: &Path) -> Result<Arc<rustls::ClientConfig>> {
         }
         Err(e) => return Err(e),
     };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("choosing TLS versions")?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut provider = rustls::crypto::ring::default_provider();
+    prefer_cheapest_cipher(&mut provider.cipher_suites, hardware_aes());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Bytes asked of the socket at once under TLS. rustls asks 4 KiB at a time, which made a
+/// system call per 4 KiB of the bundle; a read-ahead buffer makes one per 64 KiB (or what has
+/// arrived).
+const TLS_READ_AHEAD: usize = 64 * 1024;
+
+/// ureq's rustls connector, over a socket read through a [`TLS_READ_AHEAD`] buffer.
+struct ReadAheadTls(Arc<rustls::ClientConfig>);
+
+impl ureq::TlsConnector for ReadAheadTls {
+    fn connect(
+        &self,
+        dns_name: &str,
+        io: Box<dyn ureq::ReadWrite>,
+    ) -> Result<Box<dyn ureq::ReadWrite>, ureq::Error> {
+        self.0.connect(dns_name, Box::new(ReadAhead::new(io)))
+    }
+}
+
+/// A connection whose reads go through a [`TLS_READ_AHEAD`] buffer; writes go straight
+/// through.
+#[derive(Debug)]
+struct ReadAhead(BufReader<Box<dyn ureq::ReadWrite>>);
+
+impl ReadAhead {
+    fn new(inner: Box<dyn ureq::ReadWrite>) -> Self {
+        ReadAhead(BufReader::with_capacity(TLS_READ_AHEAD, inner))
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // BufReader would fill its buffer first, waiting for the peer.
+        if out.is_empty() {
+            return Ok(0);
+        }
+        self.0.read(out)
+    }
+}
+
+impl io::Write for ReadAhead {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.get_mut().write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.get_mut().flush()
+    }
+}
+
+impl ureq::ReadWrite for ReadAhead {
+    fn socket(&self) -> Option<&std::net::TcpStream> {
+        self.0.get_ref().socket()
+    }
+}
+
+/// Orders `suites` so that the server, if it follows the client's preference (most do), picks
+/// the cipher that costs this device the least to decrypt: the whole bundle goes through it.
+/// AES-128-GCM first on a CPU with AES instructions; ChaCha20-Poly1305 first on one without
+/// (a Raspberry Pi 3 or 4, where software AES is several times slower), as BoringSSL and Go
+/// do; AES-256-GCM after both. TLS 1.3 suites stay ahead of TLS 1.2 ones.
+fn prefer_cheapest_cipher(suites: &mut [SupportedCipherSuite], hardware_aes: bool) {
+    use rustls::CipherSuite as S;
+    suites.sort_by_key(|suite| {
+        let bulk = match suite.suite() {
+            S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => u8::from(!hardware_aes),
+            S::TLS13_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => u8::from(hardware_aes),
+            _ => 2,
+        };
+        (matches!(suite, SupportedCipherSuite::Tls12(_)), bulk)
+    });
+}
+
+/// Whether the CPU has the instructions AES-GCM needs to run fast: AES rounds and carry-less
+/// multiplication.
+fn hardware_aes() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 /// What to do about a server certificate the device does not trust; empty for other failures.
@@ -546,6 +644,136 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     const LEN: usize = 200_000;
+
+    /// A connection that hands out at most `step` bytes per read and counts the reads.
+    #[derive(Debug)]
+    struct Trickle {
+        data: io::Cursor<Vec<u8>>,
+        step: usize,
+        reads: Arc<AtomicUsize>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let n = out.len().min(self.step);
+            self.data.read(&mut out[..n])
+        }
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.written.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl ureq::ReadWrite for Trickle {
+        fn socket(&self) -> Option<&TcpStream> {
+            None
+        }
+    }
+
+    #[test]
+    fn tls_reads_ahead_of_rustls_small_reads() {
+        let data = pattern();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut conn = ReadAhead::new(Box::new(Trickle {
+            data: io::Cursor::new(data.clone()),
+            step: usize::MAX,
+            reads: reads.clone(),
+            written: written.clone(),
+        }));
+        // rustls's 4 KiB reads: one read of the connection per 64 KiB.
+        let mut got = Vec::new();
+        let mut piece = [0u8; 4096];
+        assert_eq!(conn.read(&mut []).unwrap(), 0);
+        loop {
+            match conn.read(&mut piece).unwrap() {
+                0 => break,
+                n => got.extend_from_slice(&piece[..n]),
+            }
+        }
+        assert_eq!(got, data);
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            LEN.div_ceil(TLS_READ_AHEAD) + 1
+        );
+        conn.write_all(b"hello").unwrap();
+        assert_eq!(written.lock().unwrap().as_slice(), b"hello");
+
+        // A connection that returns little at a time, and reads larger than the buffer.
+        let mut conn = ReadAhead::new(Box::new(Trickle {
+            data: io::Cursor::new(data.clone()),
+            step: 1000,
+            reads: Arc::new(AtomicUsize::new(0)),
+            written,
+        }));
+        let mut got = Vec::new();
+        let mut big = vec![0u8; TLS_READ_AHEAD + 1];
+        let mut small = [0u8; 333];
+        for turn in 0.. {
+            let n = if turn % 2 == 0 {
+                conn.read(&mut big).unwrap()
+            } else {
+                conn.read(&mut small).unwrap()
+            };
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(if turn % 2 == 0 {
+                &big[..n]
+            } else {
+                &small[..n]
+            });
+        }
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn the_cheapest_cipher_for_the_cpu_comes_first() {
+        use rustls::CipherSuite as S;
+        let order = |hardware_aes| {
+            let mut suites = rustls::crypto::ring::default_provider().cipher_suites;
+            prefer_cheapest_cipher(&mut suites, hardware_aes);
+            suites.iter().map(|s| s.suite()).collect::<Vec<_>>()
+        };
+        let with_aes = order(true);
+        assert_eq!(
+            with_aes[..3],
+            [
+                S::TLS13_AES_128_GCM_SHA256,
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+                S::TLS13_AES_256_GCM_SHA384
+            ]
+        );
+        let without = order(false);
+        assert_eq!(
+            without[..3],
+            [
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+                S::TLS13_AES_128_GCM_SHA256,
+                S::TLS13_AES_256_GCM_SHA384
+            ]
+        );
+        // TLS 1.2 after 1.3, in the same order of ciphers; nothing added or dropped.
+        for (order, first12) in [
+            (with_aes, S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+            (without, S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+        ] {
+            assert_eq!(order[3], first12);
+            assert_eq!(
+                order.len(),
+                rustls::crypto::ring::default_provider().cipher_suites.len()
+            );
+        }
+    }
 
     fn pattern() -> Vec<u8> {
         (0..LEN)
