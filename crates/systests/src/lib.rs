@@ -286,7 +286,8 @@ pub fn blkid_uuid(vm: &vmharness::Vm, dev: &str) -> String {
         .to_string()
 }
 
-/// The `root=UUID=` of the guest's kernel command line.
+/// The `root=UUID=` of the guest's kernel command line: the UUID the kernel was told to mount
+/// as root.
 pub fn cmdline_root_uuid(vm: &vmharness::Vm) -> String {
     let cmdline = vm.run_ok("cat /proc/cmdline").unwrap();
     cmdline

@@ -12,7 +12,6 @@ const UNIT_WAIT: Duration = Duration::from_secs(300);
 
 use systests::{Scratch, blkid_uuid, cmdline_root_uuid};
 
-/// The UUID the kernel was told to mount as root.
 /// Rewrites bootenv in a (copied) image's boot partition before it boots.
 fn set_bootenv(image: &Path, slot: bootenv::Slot, upgrade_available: bool, bootcount: u32) {
     let mut disk = diskimage::Disk::open_rw(image).unwrap();
