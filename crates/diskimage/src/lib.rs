@@ -35,4 +35,4 @@ pub use gpt::{
 };
 pub use layout::{Layout, PartitionSizes, PartitionSpec};
 pub use slice::Slice;
-pub use sparse::{copy_sparse, write_partition_image};
+pub use sparse::{copy_sparse, is_zero, write_partition_image};

