@@ -244,6 +244,17 @@ pub(crate) enum Net {
 /// The accelerator: software emulation with a 128 MiB translation cache (see `qemu_argv`).
 pub const TCG_ACCEL: &str = "tcg,tb-size=128";
 
+/// The guest CPU: everything TCG emulates except the AVX family, like the Atom and Celeron
+/// boards of x86 fleets (SSE4.2, AES-NI, carry-less multiply; no AVX).
+///
+/// Programs pick AVX2 code at run time where the CPU has it (ring's AES-GCM and ChaCha20,
+/// glibc's string functions, zstd), and how fast TCG runs it depends on the host: on one CI
+/// host (2026-11-26) ring's AES-128-GCM ran at 7 MiB/s under `qemu-x86_64 -cpu max` and at
+/// 44 MiB/s with AVX off (ChaCha20 26 and 46, zstd decompression 122 and 408 MiB/s), and an
+/// HTTPS install in a guest took 42 s where HTTP took 14 s. Without AVX the guest's speed no
+/// longer swings with the host's.
+pub const GUEST_CPU: &str = "max,-avx,-avx2,-fma,-f16c,-vaes,-vpclmulqdq";
+
 /// Escapes a value for QEMU's comma-separated option syntax.
 fn opt(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
@@ -263,7 +274,7 @@ pub(crate) fn qemu_argv(cfg: &VmConfig, layout: &Layout) -> Vec<OsString> {
     // write pays for invalidating them (the firmware, the kernel's decompression and kexec all
     // write most of memory). Measured: reboot to SSH 90 s with the default, 40 s with 128 MiB;
     // a cold boot is the same with both.
-    push(&["-machine", "q35", "-accel", TCG_ACCEL, "-cpu", "max"]);
+    push(&["-machine", "q35", "-accel", TCG_ACCEL, "-cpu", GUEST_CPU]);
     push(&[
         "-smp",
         &cfg.cpus.to_string(),
@@ -377,6 +388,10 @@ mod tests {
         assert_eq!(after(&a, "-accel"), ["tcg,tb-size=128"]);
         assert!(!a.iter().any(|s| s.contains("kvm")), "{a:?}");
         assert_eq!(after(&a, "-machine"), ["q35"]);
+        assert_eq!(
+            after(&a, "-cpu"),
+            ["max,-avx,-avx2,-fma,-f16c,-vaes,-vpclmulqdq"]
+        );
         assert_eq!(after(&a, "-smp"), ["2"]);
         assert_eq!(after(&a, "-m"), ["1024"]);
         assert!(!a.iter().any(|s| s == "-no-reboot"));
