@@ -829,7 +829,12 @@ fn broken_health_check_rolls_back() {
         breadcrumbs(&rig.vm)
     );
     rig.trust_test_ca();
-    update_and_commit_from(&mut rig, &source);
+    // Commit by hand, to measure a raw write of the same bytes beside the HTTPS install.
+    let running = running_slot(&rig.vm);
+    let installed = install_and_check_staged_from(&rig, &source);
+    print_raw_write_speed(&rig.vm, running.other(), installed.throughput_mibps);
+    reboot_into_update(&mut rig.vm, running.other());
+    wait_committed(&rig.vm, running.other(), WINDOW);
     rig.pass();
 }
 
