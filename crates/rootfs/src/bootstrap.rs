@@ -155,7 +155,9 @@ pub fn tarball(recipe: &Recipe, cache_dir: &Path) -> Result<(PathBuf, Cache)> {
         path: cache_dir.to_owned(),
         source,
     })?;
-    let partial = out.with_extension("tar.partial");
+    // Named per process: two builds of the same packages at once each write their own, and
+    // the second rename replaces the first's tarball with an equal one.
+    let partial = out.with_extension(format!("tar.partial.{}", std::process::id()));
     let log = out.with_extension("log");
     let result = Cmd::new("mmdebstrap")
         .package("mmdebstrap")

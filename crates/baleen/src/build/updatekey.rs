@@ -54,9 +54,17 @@ pub fn load_or_generate(path: &Path, flag: &str) -> Result<(SigningKey, Origin)>
             })?;
     }
     let key = SigningKey::generate()?;
-    key.save(path)
-        .with_context(|| format!("saving the new update signing key to {}", path.display()))?;
-    Ok((key, Origin::Generated))
+    match key.save(path) {
+        Ok(()) => Ok((key, Origin::Generated)),
+        // Another build (run beside this one) saved its new key first: both images must trust
+        // the same key, so use that one. The save never replaces a key file.
+        Err(bundle::Error::KeyExists { .. }) => {
+            let key = SigningKey::load(path).map_err(|e| read_hint(e, path, flag))?;
+            Ok((key, Origin::Loaded))
+        }
+        Err(e) => Err(e)
+            .with_context(|| format!("saving the new update signing key to {}", path.display())),
+    }
 }
 
 /// Adds how to fix a key file that cannot be read for lack of permission; `flag` is the option
@@ -117,6 +125,28 @@ mod tests {
             ),
             Path::new("keys/k.pem")
         );
+    }
+
+    #[test]
+    fn builds_started_together_share_one_new_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = key_path(None, dir.path());
+            let start = std::sync::Barrier::new(4);
+            let ids: Vec<_> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            load_or_generate(&path, "--update-key").unwrap().0.key_id()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            let saved = SigningKey::load(&path).unwrap().key_id();
+            assert!(ids.iter().all(|id| *id == saved), "{ids:?} vs {saved}");
+        }
     }
 
     #[test]
