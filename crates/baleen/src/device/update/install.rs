@@ -22,6 +22,7 @@ use xxhash_rust::xxh64::xxh64;
 use super::bootfiles;
 use super::health;
 use super::hooks::{self, Phase, Runner};
+use super::prefetch::Prefetch;
 use super::progress::Progress;
 use super::record::{self, Record, SlotState, UpdateRecord, UpdateResult};
 use super::slots::{self, Slots};
@@ -139,6 +140,8 @@ pub fn install(root: &Path, options: &InstallOptions) -> Result<Installed> {
     let bundle_bytes = source.stats().total;
     let stats = source.progress();
     let what = source.describe();
+    // The download (TLS included) on a thread of its own, beside the decompression.
+    let source = Prefetch::spawn(source).context("starting the thread that reads the bundle")?;
     let mut bundle = Bundle::open(
         BufReader::with_capacity(1 << 20, source),
         &trusted,

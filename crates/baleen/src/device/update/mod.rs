@@ -7,6 +7,7 @@ pub mod bootfiles;
 pub mod health;
 pub mod hooks;
 pub mod install;
+mod prefetch;
 pub mod progress;
 pub mod record;
 pub mod rollback;
